@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -194,7 +194,7 @@ def single_vector(
     n_layers: int,
     batch_size: int,
     *,
-    kind: str = "add",
+    kind: Literal["add", "clamp"] = "add",
     clamp_coef: float = 1.0,
     positions: Tensor | None = None,
 ) -> BatchSteering:
@@ -209,7 +209,7 @@ def single_vector(
         [layers],
         [Intervention(kind, clamp_coef=clamp_coef)],
         n_layers,
-        device,  # type: ignore[arg-type]
+        device,
     )
     return BatchSteering(
         params=vector.to(torch.float32).reshape(1, 1, -1),

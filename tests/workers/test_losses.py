@@ -95,9 +95,9 @@ def test_promotion_suppression_and_mixed_match_direct_computation(tiny_llama, se
 
 
 def test_suppression_is_accurate_when_the_target_is_nearly_certain(tiny_llama) -> None:
-    from workers.losses import log1mexp
-
     import mpmath
+
+    from workers.losses import log1mexp
 
     mpmath.mp.dps = 50
     values = [-1e-9, -1e-3, -0.5, -5.0, -40.0]
