@@ -1,0 +1,82 @@
+"""The result store: Parquet tables on a local folder or S3-compatible storage.
+
+Write side: ``check_store`` at start-up, ``save_study_config``, then a
+``StoreWriter`` per study (``write_examples``, ``write_trial``). Read side:
+``open_study`` (datasets, ``joined_frame``, ``layer_matrix``,
+``completed_trials``), ``compact``, ``export_vectors``, ``cleanup``.
+Nothing here imports torch.
+"""
+
+from orchestrator.store.check import CleanupReport, StoreCheck, check_store, cleanup
+from orchestrator.store.compact import CompactReport, compact
+from orchestrator.store.errors import (
+    StoreConfigError,
+    StoreError,
+    StoreWriteError,
+    StudyConfigMismatch,
+)
+from orchestrator.store.export import export_vectors
+from orchestrator.store.reader import StoredTrial, Study, open_study
+from orchestrator.store.records import (
+    ExampleRecord,
+    StudyContext,
+    TransferRecord,
+    TrialRecord,
+    VectorRecord,
+)
+from orchestrator.store.retry import RetryPolicy
+from orchestrator.store.roots import StoreRoot, resolve_root
+from orchestrator.store.schemas import (
+    EXAMPLES_SCHEMA,
+    SCHEMA_VERSION,
+    TRANSFER_SCHEMA,
+    code_version,
+    trials_schema,
+    vector_id,
+    vectors_schema,
+)
+from orchestrator.store.study_config import (
+    config_hash,
+    load_study_config,
+    redact,
+    save_study_config,
+)
+from orchestrator.store.writer import StoreWriter, WriteReport
+
+__all__ = [
+    "EXAMPLES_SCHEMA",
+    "SCHEMA_VERSION",
+    "TRANSFER_SCHEMA",
+    "CleanupReport",
+    "CompactReport",
+    "ExampleRecord",
+    "RetryPolicy",
+    "StoreCheck",
+    "StoreConfigError",
+    "StoreError",
+    "StoreRoot",
+    "StoreWriteError",
+    "StoreWriter",
+    "StoredTrial",
+    "Study",
+    "StudyConfigMismatch",
+    "StudyContext",
+    "TransferRecord",
+    "TrialRecord",
+    "VectorRecord",
+    "WriteReport",
+    "check_store",
+    "cleanup",
+    "code_version",
+    "compact",
+    "config_hash",
+    "export_vectors",
+    "load_study_config",
+    "open_study",
+    "redact",
+    "resolve_root",
+    "save_study_config",
+    "trials_schema",
+    "vector_id",
+    "vectors_schema",
+]

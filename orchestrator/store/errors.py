@@ -1,0 +1,27 @@
+"""Exceptions raised by the result store.
+
+Every message is written for a person reading a log: it names the root and the
+object involved and says what to check. No message ever contains credentials.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every error the store raises on purpose."""
+
+
+class StoreConfigError(StoreError):
+    """The root cannot be used: bad URI, missing bucket, bad credentials,
+    access denied or an unreachable endpoint. Raised by ``check_store`` before
+    any GPU work starts."""
+
+
+class StoreWriteError(StoreError):
+    """A write failed for good (a permanent error, or transient errors that
+    outlasted the retry policy). The caller should keep the trial pending: no
+    partial trial is ever visible, so rewriting it later is safe."""
+
+
+class StudyConfigMismatch(StoreError):
+    """A study of this name already exists in the root with a different config."""

@@ -1,0 +1,190 @@
+"""Export chosen vectors as safetensors, or as llama.cpp control vectors (GGUF).
+
+GGUF layout (what llama.cpp's ``--control-vector`` loads, and what repeng's
+``ControlVector.export_gguf`` writes): architecture ``controlvector``, string
+``controlvector.model_hint``, uint32 ``controlvector.layer_count`` (the number
+of direction tensors, as repeng writes it), and one 1-D float32 tensor
+``direction.<il>`` of length ``n_embd`` per steered layer.
+
+Layer index convention, checked against llama.cpp's source:
+
+- ``common_control_vector_load_one`` rejects ``direction.0`` and stores
+  ``direction.<il>`` for ``il >= 1``; ``llama_adapter_cvec::apply`` fills the
+  per-layer tensors for ``il = 1 .. n_layer-1`` only.
+- Every model graph calls ``build_cvec(cur, il)`` at the end of block ``il``
+  (0-based), after the FFN residual add: ``direction.<il>`` is added to the
+  residual stream leaving block ``il``, i.e. entering block ``il + 1``. In
+  Hugging Face terms that is the output of ``model.layers[il]``
+  (``hidden_states[il + 1]``), the same index repeng uses.
+- This project steers the residual stream *entering* block ``l`` (a forward
+  pre-hook, METHODS.md), so a vector stored at layer ``l`` is written as
+  ``direction.<l - 1>`` (``gguf_layer_offset=-1``). Layers 0 and 1 have no
+  llama.cpp slot (block 0's input is the embeddings; ``direction.0`` is
+  rejected) and raise ``ValueError``.
+- llama.cpp control vectors are additive at every position, so only ``add``
+  interventions export to GGUF; clamp and affine vectors raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow.compute as pc
+
+from orchestrator.store import schemas as S
+from orchestrator.store.reader import fixed_list_to_numpy, open_study
+from orchestrator.store.roots import StoreRoot
+
+PROJECT_TO_LLAMACPP_LAYER = -1
+"""Offset from this project's layer index (input of block l) to llama.cpp's
+``direction.<il>`` index (output of block il)."""
+
+_META_COLUMNS = [
+    "vector_id",
+    "trial",
+    "example_id",
+    "model_id",
+    "model_revision",
+    "layer",
+    "layers",
+    "intervention",
+    "norm_bound",
+    "loss_kind",
+    "lr",
+    "seed",
+    "log_base",
+    "final_loss",
+    "final_norm",
+    "dtype",
+    "config_hash",
+]
+
+
+def export_vectors(
+    root: str | os.PathLike[str] | StoreRoot,
+    study: str,
+    vector_ids: Sequence[str],
+    out: str | os.PathLike[str],
+    *,
+    format: Literal["safetensors", "gguf"] = "safetensors",
+    model_hint: str | None = None,
+    gguf_layer_offset: int = PROJECT_TO_LLAMACPP_LAYER,
+    endpoint_url: str | None = None,
+) -> list[Path]:
+    """Write the vectors ``vector_ids`` of ``study`` to local files; return their paths.
+
+    - ``safetensors``: one file ``out``; tensor names are the vector ids,
+      float32 ``(d_model,)``; ``__metadata__`` holds ``steer_sweep.vectors``,
+      a JSON list of each vector's layer, model, trial, loss and settings.
+    - ``gguf``: one control vector per vector id. If ``out`` ends in
+      ``.gguf`` it is that file (one id only); otherwise ``out`` is a folder
+      that receives ``<vector_id>.gguf`` per id. ``model_hint`` defaults to
+      the stored model id.
+    """
+    if format not in ("safetensors", "gguf"):
+        raise ValueError(f"format must be 'safetensors' or 'gguf', got {format!r}")
+    ids = list(dict.fromkeys(vector_ids))
+    if not ids:
+        raise ValueError("no vector ids given")
+    st = open_study(root, study, endpoint_url=endpoint_url)
+    table = st.vectors.to_table(
+        columns=[*_META_COLUMNS, "vector"], filter=pc.field("vector_id").isin(ids)
+    )
+    found = table["vector_id"].to_pylist()
+    missing = [i for i in ids if i not in set(found)]
+    if missing:
+        raise ValueError(f"study {study!r} has no vectors with ids {missing[:5]}")
+    mat = fixed_list_to_numpy(table["vector"])
+    rows = table.drop_columns(["vector"]).to_pylist()
+    # First occurrence wins should a half-finished compaction show a vector twice.
+    by_id: dict[str, tuple[dict[str, Any], np.ndarray]] = {}
+    for row, vec in zip(rows, mat, strict=True):
+        by_id.setdefault(row["vector_id"], (row, vec))
+    chosen = [by_id[i] for i in ids]
+    out_path = Path(out)
+    if format == "safetensors":
+        _write_safetensors(out_path, study, chosen)
+        return [out_path]
+    if out_path.suffix == ".gguf":
+        if len(chosen) != 1:
+            raise ValueError(
+                "a .gguf output path takes exactly one vector; pass a folder for several"
+            )
+        targets = [out_path]
+    else:
+        out_path.mkdir(parents=True, exist_ok=True)
+        targets = [out_path / f"{row['vector_id']}.gguf" for row, _ in chosen]
+    for path, (row, vec) in zip(targets, chosen, strict=True):
+        _write_gguf(path, row, vec, model_hint or row["model_id"], gguf_layer_offset)
+    return targets
+
+
+def _write_safetensors(
+    path: Path, study: str, chosen: list[tuple[dict[str, Any], np.ndarray]]
+) -> None:
+    from safetensors.numpy import save_file
+
+    meta = {
+        "format": "steer-sweep-vectors",
+        "steer_sweep.schema_version": str(S.SCHEMA_VERSION),
+        "steer_sweep.code_version": S.code_version(),
+        "steer_sweep.study": study,
+        "steer_sweep.vectors": json.dumps([row for row, _ in chosen], default=str),
+    }
+    tensors = {row["vector_id"]: np.ascontiguousarray(vec, np.float32) for row, vec in chosen}
+    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def _write_gguf(path: Path, row: dict[str, Any], vec: np.ndarray, hint: str, offset: int) -> None:
+    import gguf
+
+    if row["intervention"] != "add":
+        raise ValueError(
+            f"vector {row['vector_id']} uses the {row['intervention']!r} intervention; llama.cpp "
+            "control vectors are additive, so only 'add' vectors export to GGUF"
+        )
+    slots = []
+    for layer in row["layers"]:
+        il = int(layer) + offset
+        if il < 1:
+            raise ValueError(
+                f"vector {row['vector_id']} is at layer {layer}, which maps to llama.cpp "
+                f"direction.{il}; llama.cpp control vectors start at direction.1"
+            )
+        slots.append(il)
+
+    def write(tmp: Path) -> None:
+        w = gguf.GGUFWriter(str(tmp), "controlvector")
+        w.add_string("controlvector.model_hint", hint)
+        w.add_uint32("controlvector.layer_count", len(slots))
+        w.add_string("steer_sweep.vector_id", row["vector_id"])
+        w.add_string("steer_sweep.model_id", row["model_id"])
+        w.add_string("steer_sweep.model_revision", row["model_revision"])
+        w.add_int32("steer_sweep.layer", int(row["layer"]))
+        w.add_int32("steer_sweep.gguf_layer_offset", offset)
+        w.add_string("steer_sweep.code_version", S.code_version())
+        for il in slots:
+            w.add_tensor(f"direction.{il}", np.ascontiguousarray(vec, np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+    _atomic(path, write)
+
+
+def _atomic(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
