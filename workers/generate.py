@@ -24,18 +24,20 @@ from workers.models import LoadedModel
 class RowSteering:
     """Steering for a batch where row ``i`` uses job ``i``.
 
-    ``params`` ``(S, K, d)``; ``selections`` and ``prompt_lens`` have one entry per row.
+    ``params`` ``(S, K, d)``; ``selections`` and ``prompt_lens`` have one entry per row;
+    ``sign`` ``(S,)`` optionally flips the additive vector per row.
     """
 
     params: Tensor
     meta: JobMeta
     selections: Sequence[TokenSelection]
     prompt_lens: Sequence[int]
+    sign: Tensor | None = None
 
     def bind(self, attention_mask: Tensor) -> BatchSteering:
         rows = torch.arange(attention_mask.shape[0], device=attention_mask.device)
         mask = selection_mask(self.selections, self.prompt_lens, attention_mask)
-        return BatchSteering(self.params, self.meta, rows, positions=mask)
+        return BatchSteering(self.params, self.meta, rows, positions=mask, sign=self.sign)
 
 
 @torch.no_grad()

@@ -60,6 +60,14 @@ def logits_at(lm: LoadedModel, hidden: Tensor) -> Tensor:
     return logits
 
 
+def token_logprobs(lm: LoadedModel, hidden: Tensor, batch: Batch, coldness: Tensor) -> Tensor:
+    """Natural-log probability ``(N,)`` of every scored token, at its job's coldness."""
+    tok_job = batch.row_job[batch.tok_seq]
+    logits = logits_at(lm, hidden[batch.tok_seq, batch.tok_pos])  # (N, vocab)
+    logp = torch.log_softmax(coldness[tok_job, None] * logits, dim=-1)
+    return logp.gather(1, batch.tok_id[:, None]).squeeze(1)
+
+
 @dataclass
 class LossOutput:
     """``job_loss`` ``(J,)`` and ``term_loss`` ``(M,)``, in each job's log base."""
@@ -85,9 +93,7 @@ def batch_losses(
     term_loss = torch.zeros(n_terms, dtype=torch.float32, device=hidden.device)
     if batch.tok_seq.numel():
         tok_job = batch.row_job[batch.tok_seq]
-        logits = logits_at(lm, hidden[batch.tok_seq, batch.tok_pos])  # (N, vocab)
-        logp = torch.log_softmax(coldness[tok_job, None] * logits, dim=-1)
-        lp = logp.gather(1, batch.tok_id[:, None]).squeeze(1)  # (N,)
+        lp = token_logprobs(lm, hidden, batch, coldness)  # (N,)
         suppress = batch.term_kind[batch.tok_term] == TERM_SUPPRESS
         per_tok = torch.where(suppress, -log1mexp(lp), -lp) / torch.log(log_base[tok_job])
         term_loss = term_loss.index_add(0, batch.tok_term, per_tok)
