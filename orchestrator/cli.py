@@ -1,29 +1,35 @@
 """The ``steer-sweep`` command line.
 
-Exit codes: 0 success, 1 a run failed, 2 bad input (config, arguments, data),
-130 interrupted. Errors print one paragraph; ``--debug`` shows the traceback.
+Exit codes: 0 success; 1 the run failed (every trial failed, or an
+unexpected error); 2 bad input (config, arguments, data, model, store);
+130 interrupted. An error prints one paragraph; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+from orchestrator import commands as C
 
-log = logging.getLogger("steer_sweep")
+EXIT_INTERRUPTED = 130
 
 
-def _add_optimize(sub: argparse._SubParsersAction) -> None:
+def _root_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study name")
+    p.add_argument("--root", help="store root: a folder, file:///path or s3://bucket/prefix")
+    p.add_argument("--config", help="read the store root from this study YAML instead")
+    p.add_argument("--endpoint-url", help="S3 endpoint (MinIO, Ceph); else AWS_ENDPOINT_URL")
+
+
+def _optimize_args(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "optimize",
         help="optimize one steering vector on one prompt",
-        description="Optimize a single one-shot steering vector and save it as safetensors.",
+        description="Optimize a single one-shot steering vector; save it as safetensors.",
     )
     p.add_argument(
         "--model", default="smollm2-135m-instruct", help="bundled name, path, .gguf or hub id"
@@ -39,10 +45,7 @@ def _add_optimize(sub: argparse._SubParsersAction) -> None:
         "--suppress", action="append", default=[], help="a completion to suppress (repeatable)"
     )
     p.add_argument(
-        "--layer",
-        type=int,
-        default=12,
-        help="block whose input is steered; negative counts from the end",
+        "--layer", type=int, default=12, help="block whose input is steered; <0 counts from the end"
     )
     p.add_argument("--lr", type=float, default=0.5)
     p.add_argument("--norm", type=float, default=None, help="norm bound r (none by default)")
@@ -50,117 +53,115 @@ def _add_optimize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-iters", type=int, default=30)
     p.add_argument("--coldness", type=float, default=0.7)
     p.add_argument(
-        "--log-base", type=float, default=10.0, help="10: hartleys (paper), 2.718...: nats"
+        "--log-base", type=float, default=10.0, help="10: hartleys (paper); 2.718...: nats"
     )
     p.add_argument("--intervention", choices=["add", "clamp"], default="add")
     p.add_argument("--clamp-coef", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the vector here (.safetensors)")
-    p.set_defaults(func=_cmd_optimize)
-
-
-def _cmd_optimize(args: argparse.Namespace) -> int:
-    from workers import (
-        Intervention,
-        LossSettings,
-        ModelSpec,
-        StopRules,
-        VectorJob,
-        chat,
-        load_model,
-        optimize,
-    )
-
-    if not args.promote and not args.suppress:
-        raise _BadInput("give at least one --promote or --suppress target")
-    started = time.perf_counter()
-    lm = load_model(ModelSpec(args.model, dtype=args.dtype, device=args.device))
-    log.info(
-        "loaded %s (%d layers, d_model %d) in %.1f s on %s",
-        lm.model_id,
-        lm.n_layers,
-        lm.d_model,
-        time.perf_counter() - started,
-        lm.device,
-    )
-    job = VectorJob.simple(
-        "cli",
-        args.prompt if args.raw else chat(args.prompt),
-        promote=args.promote,
-        suppress=args.suppress,
-        layer=args.layer,
-        lr=args.lr,
-        norm_bound=args.norm,
-        init_norm=args.init_norm,
-        seed=args.seed,
-        intervention=Intervention(args.intervention, clamp_coef=args.clamp_coef),
-        loss=LossSettings(coldness=args.coldness, log_base=args.log_base),
-        stop=StopRules(max_iters=args.max_iters),
-    )
-    started = time.perf_counter()
-    [res] = optimize(lm, [job])
-    elapsed = time.perf_counter() - started
-    unit = "hartleys" if args.log_base == 10 else f"log{args.log_base:g} units"
-    print(
-        f"loss {res.initial_loss:.3f} -> {res.final_loss:.3f} {unit} in {res.iterations} steps "
-        f"({res.stop_reason}, {elapsed / max(res.iterations, 1):.2f} s/step); |v| = {res.final_norm:.2f}"
-    )
-    if args.out is not None:
-        from safetensors.numpy import save_file
-
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "model": lm.model_id,
-            "revision": lm.revision,
-            "layers": json.dumps(list(res.layers)),
-            "seed": str(res.seed),
-            "loss_history": json.dumps(res.loss_history),
-            "log_base": str(res.log_base),
-            "stop_reason": res.stop_reason,
-        }
-        save_file({"vector": res.vector}, str(args.out), metadata=meta)
-        print(f"wrote {args.out}")
-    return EXIT_OK
-
-
-class _BadInput(ValueError):
-    """An error in what the user typed."""
+    p.set_defaults(func=C.cmd_optimize)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="steer-sweep",
-        description="Distributed sweeps of one-shot LLM steering vectors.",
+        prog="steer-sweep", description="Distributed sweeps of one-shot LLM steering vectors."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_optimize(sub)
+
+    p = sub.add_parser(
+        "run",
+        help="run or resume a study",
+        description=(
+            "Run a study YAML on Ray: joins a running cluster (or RAY_ADDRESS), else starts a local "
+            "one. Rerunning the same command resumes from the store."
+        ),
+    )
+    p.add_argument("config", help="study YAML")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. n_trials=20")
+    p.set_defaults(func=C.cmd_run)
+
+    p = sub.add_parser("status", help="trials and vectors of a study, from the store")
+    _root_args(p)
+    p.add_argument("--last", type=int, default=10, help="show the last N trials")
+    p.set_defaults(func=C.cmd_status)
+
+    p = sub.add_parser("best", help="the best vectors of a study, from the store")
+    _root_args(p)
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(func=C.cmd_best)
+
+    p = sub.add_parser("compact", help="merge a study's small Parquet files")
+    _root_args(p)
+    p.set_defaults(func=C.cmd_compact)
+
+    p = sub.add_parser(
+        "export", help="write vectors as safetensors or llama.cpp GGUF control vectors"
+    )
+    _root_args(p)
+    p.add_argument("vector_ids", nargs="*")
+    p.add_argument("--best", type=int, default=0, help="also export the N best vectors")
+    p.add_argument("--format", choices=["safetensors", "gguf"], default="safetensors")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=C.cmd_export)
+
+    p = sub.add_parser("submit", help="submit a study to a Ray cluster (wraps `ray job submit`)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument(
+        "--address", default="http://127.0.0.1:8265", help="the cluster's dashboard address"
+    )
+    p.add_argument("--working-dir", default=".", help="uploaded as the job's working dir")
+    p.add_argument(
+        "--pip", nargs="*", default=None, help="extra pip packages for the job's runtime env"
+    )
+    p.add_argument("--submission-id", default=None)
+    p.add_argument("--no-wait", action="store_true", help="return once submitted")
+    p.add_argument("--dry-run", action="store_true", help="print the command only")
+    p.set_defaults(func=C.cmd_submit)
+
+    _optimize_args(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # botocore at DEBUG would print request headers, session tokens included.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    from orchestrator.config import ConfigError
+    from orchestrator.datasets import DatasetError
+    from orchestrator.preflight import PreflightError
+    from orchestrator.store import StoreConfigError, StudyConfigMismatch
     from workers.encoding import JobError
     from workers.layers import LayerResolutionError
     from workers.models import ModelLoadError
 
+    bad_input = (C.BadInput, ConfigError, DatasetError, PreflightError, StoreConfigError,
+                 StudyConfigMismatch, JobError, ModelLoadError, LayerResolutionError)  # fmt: skip
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (_BadInput, JobError, ModelLoadError, LayerResolutionError) as exc:
+    except bad_input as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return C.EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - one paragraph, not a wall of frames
+        if args.debug:
+            raise
+        print(
+            f"error: {type(exc).__name__}: {exc}\n(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return C.EXIT_FAILED
 
 
 if __name__ == "__main__":

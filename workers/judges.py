@@ -15,7 +15,8 @@ from workers.models import LoadedModel
 
 
 class Judge(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def __call__(self, prompts: Sequence[Prompt], generations: Sequence[str]) -> list[bool]: ...
 

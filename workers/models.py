@@ -284,7 +284,10 @@ def load_model(spec: ModelSpec | str) -> LoadedModel:
     if spec.name.startswith(TINY_PREFIX):
         from workers.tiny import tiny_model
 
-        return tiny_model(spec.name[len(TINY_PREFIX) :], dtype=dtype, device=str(device))
+        try:
+            return tiny_model(spec.name[len(TINY_PREFIX) :], dtype=dtype, device=str(device))
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
     source, revision = resolve_source(spec)
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     if spec.revision and revision not in ("local",):
@@ -315,3 +318,69 @@ def load_model(spec: ModelSpec | str) -> LoadedModel:
     return LoadedModel(
         model, tokenizer, model_id=spec.name, revision=revision, layers_path=spec.layers_path
     )
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    n_layers: int
+    d_model: int
+
+
+def _gguf_shape(path: Path) -> ModelShape:
+    from gguf import GGUFReader
+
+    _check_gguf(path)
+    try:
+        reader = GGUFReader(path)
+        arch = str(reader.fields["general.architecture"].contents())
+        blocks = int(reader.fields[f"{arch}.block_count"].contents())
+        width = int(reader.fields[f"{arch}.embedding_length"].contents())
+    except Exception as exc:  # noqa: BLE001 - any parser error means a bad file
+        raise ModelLoadError(f"could not read GGUF metadata of {path}: {exc}") from exc
+    return ModelShape(blocks, width)
+
+
+def peek_shape(spec: ModelSpec | str) -> ModelShape:
+    """The number of decoder blocks and the width of a model, without its weights.
+
+    Used to validate a study (layer ranges) before any actor loads the model.
+
+    Raises:
+        ModelLoadError: the model cannot be found or its config read.
+    """
+    from transformers import AutoConfig
+
+    if isinstance(spec, str):
+        spec = ModelSpec(spec)
+    name = spec.name
+    if name.startswith(TINY_PREFIX):
+        from workers.tiny import TINY_FAMILIES
+
+        family = name[len(TINY_PREFIX) :]
+        if family not in TINY_FAMILIES:
+            raise ModelLoadError(
+                f"unknown tiny model '{name}'; families: {', '.join(TINY_FAMILIES)}"
+            )
+        return ModelShape(4, 64)
+    if name in BUNDLED_MODELS:
+        cached = cache_root(spec.cache_dir) / name
+        if not (cached / "config.json").is_file():
+            return _gguf_shape(_bundled_gguf(name))
+        source = str(cached)
+    elif name.endswith(".gguf"):
+        return _gguf_shape(Path(name).expanduser())
+    else:
+        source, _ = resolve_source(spec)
+    try:
+        config = AutoConfig.from_pretrained(
+            source, trust_remote_code=spec.trust_remote_code, revision=spec.revision
+        )
+    except ValueError as exc:
+        raise ModelLoadError(f"could not read the config of '{name}': {exc}") from exc
+    except OSError as exc:
+        raise ModelLoadError(f"could not read the config of '{name}': {exc}") from exc
+    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    if not n_layers or not width:
+        raise ModelLoadError(f"the config of '{name}' names no layer count or width")
+    return ModelShape(int(n_layers), int(width))

@@ -1,0 +1,122 @@
+"""Trial and vector-task bookkeeping: no Ray, no GPU, no Optuna.
+
+Every task is in exactly one place: ``pending`` (waiting for a worker),
+``running[worker]`` (sent to that worker), or its trial's ``outcomes``. A dead
+worker's tasks go back to the front of ``pending``; a task that has been lost
+with its worker ``max_attempts`` times comes back as a failed outcome, so a
+task that kills every worker it touches cannot stall the study.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from workers.tasks import VectorOutcome, VectorTask
+
+
+@dataclass
+class TrialWork:
+    number: int
+    tasks: list[VectorTask]
+    handle: Any = None  # the optimizer's trial object; opaque here
+    params: dict[str, Any] = field(default_factory=dict)
+    outcomes: dict[str, VectorOutcome] = field(default_factory=dict)
+    pruned: bool = False
+    reported: int = 0  # outcomes already reported as intermediate values
+    intermediate: dict[int, float] = field(default_factory=dict)
+    started: datetime | None = None
+
+    def ordered_outcomes(self) -> list[VectorOutcome]:
+        return [self.outcomes[t.vector_id] for t in self.tasks if t.vector_id in self.outcomes]
+
+
+class Scheduler:
+    """Hands out vector tasks to workers and collects outcomes per trial."""
+
+    def __init__(self, max_attempts: int = 3) -> None:
+        self.pending: deque[VectorTask] = deque()
+        self.running: dict[Hashable, list[VectorTask]] = {}
+        self.trials: dict[int, TrialWork] = {}
+        self.attempts: dict[str, int] = {}
+        self.max_attempts = max_attempts
+
+    def add_trial(self, work: TrialWork) -> None:
+        if work.number in self.trials:
+            raise ValueError(f"trial {work.number} is already scheduled")
+        self.trials[work.number] = work
+        self.pending.extend(work.tasks)
+
+    @property
+    def n_running_tasks(self) -> int:
+        return sum(len(v) for v in self.running.values())
+
+    def busy(self, worker: Hashable) -> bool:
+        return bool(self.running.get(worker))
+
+    def take(self, worker: Hashable, max_tasks: int) -> list[VectorTask]:
+        """Up to ``max_tasks`` pending tasks for an idle ``worker``."""
+        if self.busy(worker):
+            raise RuntimeError(f"worker {worker!r} already has a batch")
+        batch: list[VectorTask] = []
+        while self.pending and len(batch) < max_tasks:
+            task = self.pending.popleft()
+            if self.trials[task.trial].pruned:
+                continue  # a pruned trial's unstarted tasks are simply dropped
+            batch.append(task)
+        if batch:
+            self.running[worker] = batch
+        return batch
+
+    def finish(self, worker: Hashable, outcomes: list[VectorOutcome]) -> set[int]:
+        """Record a worker's outcomes; returns the trial numbers that changed."""
+        batch = self.running.pop(worker, [])
+        expected = {t.vector_id for t in batch}
+        got = {o.vector_id for o in outcomes}
+        if expected != got:
+            raise RuntimeError(f"worker {worker!r} returned {sorted(got)} for {sorted(expected)}")
+        changed = set()
+        for outcome in outcomes:
+            self.trials[outcome.trial].outcomes[outcome.vector_id] = outcome
+            changed.add(outcome.trial)
+        return changed
+
+    def lost(self, worker: Hashable, reason: str) -> set[int]:
+        """A worker died with a batch: requeue it, or fail tasks out of attempts."""
+        batch = self.running.pop(worker, [])
+        changed = set()
+        for task in reversed(batch):
+            self.attempts[task.vector_id] = self.attempts.get(task.vector_id, 0) + 1
+            if self.attempts[task.vector_id] >= self.max_attempts:
+                error = f"worker lost {self.max_attempts} times while running this vector: {reason}"
+                self.trials[task.trial].outcomes[task.vector_id] = VectorOutcome(
+                    task.vector_id, task.trial, task.example_id, error=error
+                )
+                changed.add(task.trial)
+            else:
+                self.pending.appendleft(task)
+        return changed
+
+    def prune(self, number: int) -> None:
+        self.trials[number].pruned = True
+
+    def _running_for(self, number: int) -> bool:
+        return any(t.trial == number for batch in self.running.values() for t in batch)
+
+    def ready(self) -> list[TrialWork]:
+        """Trials with every outcome in, or pruned with nothing still running."""
+        out = []
+        for work in self.trials.values():
+            complete = len(work.outcomes) == len(work.tasks)
+            if complete or (work.pruned and not self._running_for(work.number)):
+                out.append(work)
+        return out
+
+    def pop(self, number: int) -> TrialWork:
+        work = self.trials.pop(number)
+        remaining = [t for t in self.pending if t.trial != number]
+        self.pending = deque(remaining)
+        return work

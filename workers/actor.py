@@ -1,0 +1,125 @@
+"""The Ray actor that keeps one model resident and runs vector tasks.
+
+``SteeringWorker`` is a plain class; :func:`start_workers` wraps it with
+``ray.remote`` and the resources of the study config. Each actor is named
+``SteeringWorker:<model>:<study>:<i>`` so the Ray dashboard's Actors page shows
+which model and study it serves, and it exports Prometheus metrics through
+``ray.util.metrics`` (Metrics page / Grafana):
+
+- ``steer_sweep_vectors_done`` (counter), ``steer_sweep_failures`` (counter)
+- ``steer_sweep_vector_steps_per_s`` and ``steer_sweep_batch_occupancy`` (gauges)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from workers.models import ModelSpec, load_model
+from workers.tasks import EvalSpec, VectorOutcome, VectorTask, run_tasks
+
+log = logging.getLogger(__name__)
+
+
+class SteeringWorker:
+    """Loads its model once, then runs batches of :class:`VectorTask`."""
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        evaluation: EvalSpec,
+        *,
+        label: str,
+        max_batch_jobs: int = 64,
+        torch_threads: int | None = None,
+    ) -> None:
+        import torch
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        started = time.perf_counter()
+        self.label = label
+        self.lm = load_model(model)
+        self.evaluation = evaluation
+        self.max_batch_jobs = max_batch_jobs
+        self.load_s = time.perf_counter() - started
+        self._metrics = _Metrics(label, model.name)
+        log.info("%s loaded %s in %.1f s", label, model.name, self.load_s)
+
+    def __repr__(self) -> str:  # Ray prefixes actor log lines with this
+        return self.label
+
+    def info(self) -> dict[str, Any]:
+        """Where and what this actor is; also a cheap liveness check."""
+        return {
+            "label": self.label,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "model": self.lm.model_id,
+            "revision": self.lm.revision,
+            "n_layers": self.lm.n_layers,
+            "d_model": self.lm.d_model,
+            "device": str(self.lm.device),
+            "dtype": str(self.lm.dtype).replace("torch.", ""),
+            "load_s": self.load_s,
+        }
+
+    def run(self, tasks: Sequence[VectorTask]) -> list[VectorOutcome]:
+        started = time.perf_counter()
+        outcomes: list[VectorOutcome] = []
+        for start in range(0, len(tasks), self.max_batch_jobs):
+            outcomes += run_tasks(
+                self.lm, self.evaluation, tasks[start : start + self.max_batch_jobs]
+            )
+        elapsed = time.perf_counter() - started
+        steps = sum(o.result.iterations for o in outcomes if o.result is not None)
+        self._metrics.record(
+            done=sum(o.error is None for o in outcomes),
+            failed=sum(o.error is not None for o in outcomes),
+            steps_per_s=len(tasks) and steps / max(elapsed, 1e-9),
+            occupancy=min(len(tasks), self.max_batch_jobs) / self.max_batch_jobs,
+        )
+        return outcomes
+
+
+class _Metrics:
+    """Ray metrics when running inside Ray; silently absent outside it."""
+
+    def __init__(self, label: str, model: str) -> None:
+        self.tags = {"actor": label, "model": model}
+        try:
+            from ray.util import metrics
+
+            keys = ("actor", "model")
+            self.done = metrics.Counter("steer_sweep_vectors_done", "vectors finished", keys)
+            self.failed = metrics.Counter("steer_sweep_failures", "vectors that failed", keys)
+            self.rate = metrics.Gauge(
+                "steer_sweep_vector_steps_per_s", "optimizer vector-steps/s", keys
+            )
+            self.occupancy = metrics.Gauge("steer_sweep_batch_occupancy", "batch fill, 0-1", keys)
+            self.enabled = True
+        except Exception:  # noqa: BLE001 - metrics are optional outside a Ray worker
+            self.enabled = False
+
+    def record(self, *, done: int, failed: int, steps_per_s: float, occupancy: float) -> None:
+        if not self.enabled:
+            return
+        if done:
+            self.done.inc(done, tags=self.tags)
+        if failed:
+            self.failed.inc(failed, tags=self.tags)
+        self.rate.set(steps_per_s, tags=self.tags)
+        self.occupancy.set(occupancy, tags=self.tags)
+
+
+def remote_worker_class(num_cpus: float, num_gpus: float) -> Any:
+    """``ray.remote(SteeringWorker)`` with the given resources; restarts on crash."""
+    import ray
+
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0)(
+        SteeringWorker
+    )
