@@ -113,6 +113,7 @@ class EvaluationConfig(_Strict):
     max_kl: float = Field(0.1, gt=0)
     log_base: float = Field(10.0, gt=0)
     batch_size: int = Field(32, ge=1)
+    max_targets: int | None = Field(None, ge=1)  # per held-out example; None: all
 
 
 class ObjectiveConfig(_Strict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -85,11 +86,15 @@ class RayPool:
 
         cls = remote_worker_class(num_cpus, num_gpus)
         self.keys = list(range(num_actors))
+        # A run id keeps names unique when a resumed driver starts while the
+        # actors of a killed one are still being torn down.
+        run = uuid.uuid4().hex[:6]
+        self.names = [f"SteeringWorker:{label}:{i}:{run}" for i in self.keys]
         self.actors = [
-            cls.options(name=f"SteeringWorker:{label}:{i}", namespace=namespace).remote(
+            cls.options(name=self.names[i], namespace=namespace).remote(
                 model,
                 evaluation,
-                label=f"SteeringWorker:{label}:{i}",
+                label=self.names[i],
                 max_batch_jobs=max_batch_jobs,
                 torch_threads=torch_threads,
             )

@@ -66,6 +66,7 @@ def load_task(config: StudyConfig) -> tuple[list[Example], list[Example], Any]:
             ) from None
         examples = list(task.examples)
     else:
+        assert t.path is not None  # TaskConfig allows exactly one source
         examples = datasets.load_examples(t.path, t.mapping or None)
     train = [e for e in examples if e.split == t.train_split]
     transfer = [e for e in examples if e.split == t.transfer_split]
@@ -139,6 +140,7 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
         log_base=ev.log_base,
         max_kl=ev.max_kl,
         batch_size=ev.batch_size,
+        max_targets=ev.max_targets,
     )
     if "side_effect_kl" in ev.metrics and not evaluation.neutral_prompts:
         raise PreflightError(

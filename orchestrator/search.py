@@ -20,6 +20,15 @@ STORE_TRIAL = "store_trial"  # user attr linking an Optuna trial to its store nu
 STATES = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}
 
 
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler calls ``study.stop()`` once the grid is covered,
+    which is an error outside ``study.optimize``; the driver counts trials
+    itself (preflight caps n_trials at the grid size), so skip that."""
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        return None
+
+
 def make_sampler(config: StudyConfig, space: Any) -> optuna.samplers.BaseSampler:
     s = config.sampler
     if s.name == "tpe":
@@ -31,7 +40,7 @@ def make_sampler(config: StudyConfig, space: Any) -> optuna.samplers.BaseSampler
     if s.name == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
     if s.name == "grid":
-        return optuna.samplers.GridSampler(grid(space), seed=s.seed)
+        return _GridSampler(grid(space), seed=s.seed)
     return optuna.samplers.NSGAIISampler(seed=s.seed)
 
 

@@ -48,6 +48,7 @@ class SteeringWorker:
         self.max_batch_jobs = max_batch_jobs
         self.load_s = time.perf_counter() - started
         self._metrics = _Metrics(label, model.name)
+        self._unsteered: dict[tuple[str, float], list[float]] = {}
         log.info("%s loaded %s in %.1f s", label, model.name, self.load_s)
 
     def __repr__(self) -> str:  # Ray prefixes actor log lines with this

@@ -9,6 +9,7 @@ its batch are unaffected.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
@@ -52,6 +53,7 @@ class EvalSpec:
     log_base: float = 10.0
     max_kl: float = 0.1
     batch_size: int = 32
+    max_targets: int | None = None  # score at most this many targets per held-out example
 
 
 @dataclass(frozen=True)
@@ -110,13 +112,18 @@ def _optimize_isolated(
 
 
 def _evaluate(
-    lm: LoadedModel, spec: EvalSpec, vectors: list[SteeringVector]
+    lm: LoadedModel,
+    spec: EvalSpec,
+    vectors: list[SteeringVector],
+    cache: dict[tuple[str, float], list[float]] | None = None,
 ) -> tuple[list[TransferRow], list[Generation]]:
     rows: list[TransferRow] = []
     gens: list[Generation] = []
     if not vectors:
         return rows, gens
     examples = list(spec.examples)
+    if spec.max_targets is not None:
+        examples = [_first_targets(ex, spec.max_targets) for ex in examples]
     if "target_logprob" in spec.metrics:
         rows += target_logprobs(
             lm,
@@ -125,6 +132,7 @@ def _evaluate(
             coldness=spec.coldness,
             log_base=spec.log_base,
             batch_size=spec.batch_size,
+            unsteered_cache=cache,
         )
     if "choice_flip" in spec.metrics:
         rows += choice_flips(lm, vectors, examples, batch_size=spec.batch_size)
@@ -151,8 +159,24 @@ def _evaluate(
     return rows, gens
 
 
-def run_tasks(lm: LoadedModel, spec: EvalSpec, tasks: Sequence[VectorTask]) -> list[VectorOutcome]:
-    """Validate, optimize and evaluate a batch of tasks; one outcome per task, in order."""
+def _first_targets(ex: Example, n: int) -> Example:
+    """``ex`` with only its first ``n`` targets (promote first, then suppress)."""
+    promote = ex.promote[:n]
+    suppress = ex.suppress[: max(0, n - len(promote))]
+    keep = list(range(len(promote))) + [len(ex.promote) + i for i in range(len(suppress))]
+    thresholds = tuple(ex.thresholds[i] for i in keep) if ex.thresholds else ()
+    return dataclasses.replace(ex, promote=promote, suppress=suppress, thresholds=thresholds)
+
+
+def run_tasks(
+    lm: LoadedModel,
+    spec: EvalSpec,
+    tasks: Sequence[VectorTask],
+    cache: dict[tuple[str, float], list[float]] | None = None,
+) -> list[VectorOutcome]:
+    """Validate, optimize and evaluate a batch of tasks; one outcome per task, in order.
+
+    ``cache`` keeps unsteered values between calls (see ``target_logprobs``)."""
     outcomes = {t.vector_id: VectorOutcome(t.vector_id, t.trial, t.example_id) for t in tasks}
     valid = []
     for task in tasks:
@@ -181,7 +205,7 @@ def run_tasks(lm: LoadedModel, spec: EvalSpec, tasks: Sequence[VectorTask]) -> l
         vectors.append(SteeringVector.from_result(task.vector_id, res, job))
     started = time.perf_counter()
     try:
-        rows, gens = _evaluate(lm, spec, vectors)
+        rows, gens = _evaluate(lm, spec, vectors, cache)
     except Exception as exc:  # noqa: BLE001 - an evaluation bug must not lose the vectors
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         for vec in vectors:

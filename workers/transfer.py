@@ -167,8 +167,12 @@ def target_logprobs(
     coldness: float = 0.7,
     log_base: float = 10.0,
     batch_size: int = 32,
+    unsteered_cache: dict[tuple[str, float], list[float]] | None = None,
 ) -> list[TransferRow]:
     """Teacher-forced target log-probabilities, steered against unsteered.
+
+    ``unsteered_cache`` (keyed by example id and coldness) lets a long-lived
+    worker compute each example's unsteered values once.
 
     Success per target: the example's threshold is met when it has one
     (promote: steered >= threshold; suppress: steered <= threshold), else the
@@ -176,7 +180,13 @@ def target_logprobs(
     """
     scored = [ex for ex in examples if ex.promote or ex.suppress]
     base_enc = [encode_job(lm, _example_job(ex, None)) for ex in scored]
-    unsteered = _target_logprobs(lm, base_enc, None, coldness, batch_size)
+    # Unsteered values depend only on the example: computed once per cache.
+    cache = {} if unsteered_cache is None else unsteered_cache
+    missing = [i for i, ex in enumerate(scored) if (ex.id, coldness) not in cache]
+    fresh = _target_logprobs(lm, [base_enc[i] for i in missing], None, coldness, batch_size)
+    for i, values in zip(missing, fresh, strict=True):
+        cache[(scored[i].id, coldness)] = values
+    unsteered = [cache[(ex.id, coldness)] for ex in scored]
     pair_enc, vec_idx, pair_ex = [], [], []
     for vi, vec in enumerate(vectors):
         for ei, ex in enumerate(scored):
