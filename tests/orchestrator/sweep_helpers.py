@@ -87,9 +87,10 @@ class FakeWorker:
         return VectorOutcome(task.vector_id, task.trial, task.example_id, result=result, rows=rows)
 
 
-def audit(root: str, study: str, n_trials: int, k: int, objective: Objective = Objective()) -> dict:
+def audit(root: str, study: str, n_trials: int, k: int, objective: Objective | None = None) -> dict:
     """Exactly the expected trials and vectors, no duplicate ids, and every
     complete trial's objective recomputed from its stored transfer rows."""
+    objective = objective or Objective()
     s = open_study(root, study)
     trials = s.completed_trials()
     assert sorted(t.number for t in trials) == list(range(n_trials)), [t.number for t in trials]

@@ -89,7 +89,7 @@ def test_target_logprobs_match_direct_computation(tiny_llama, vectors) -> None:
         text = (ex.promote if kind == "promote" else ex.suppress)[int(idx)]
         p_ids, t_ids = lm.encode_prompt(ex.prompt), lm.encode_target(text)
 
-        def lp(logits):
+        def lp(logits, p_ids=p_ids, t_ids=t_ids):
             logp = torch.log_softmax(0.7 * logits, -1)
             return sum(float(logp[len(p_ids) + k - 1, t]) for k, t in enumerate(t_ids)) / math.log(
                 10
