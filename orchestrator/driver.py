@@ -10,6 +10,7 @@ loses nothing that was told, and a rerun resumes from the store.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
 import math
 import time
@@ -75,7 +76,10 @@ class Driver:
         self.fixed = fixed_params(plan.space)
         self.scheduler = Scheduler()
         self.progress = progress
-        self.unwritten: list[tuple[TrialWork, TrialRecord, list, list]] = []
+        # Store writes run on a few threads so the loop keeps feeding workers;
+        # Optuna is only told (on this thread) once a trial's write is done.
+        self.writer_threads = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-write")
+        self.writes: dict[cf.Future, tuple[TrialWork, TrialRecord, list, list]] = {}
         per_trial = cfg.vectors_per_trial
         slots = len(pool.keys) * cfg.model.max_batch_jobs
         # Enough trials that every worker has a full batch, plus one spare
@@ -99,6 +103,12 @@ class Driver:
 
     # ------------------------------------------------------------------ run
     def run(self) -> RunSummary:
+        try:
+            return self._run()
+        finally:
+            self.writer_threads.shutdown(wait=True)
+
+    def _run(self) -> RunSummary:
         cfg = self.cfg
         stored = open_study(self.writer.root, cfg.name).completed_trials()
         done = {t.number for t in stored}
@@ -117,12 +127,16 @@ class Driver:
                 cfg.n_trials,
             )
         timing = {"ask_tell": 0.0, "write": 0.0, "wait": 0.0}
-        while to_ask or self.scheduler.trials or self.unwritten:
+        self.latencies: list[float] = []  # ask + tell seconds per trial, in tell order
+        while to_ask or self.scheduler.trials or self.writes:
             while to_ask and len(self.scheduler.trials) < self.in_flight:
                 t0 = time.perf_counter()
                 trial = study.ask(self.dists)
                 timing["ask_tell"] += time.perf_counter() - t0
                 self._start(trial, next(numbers))
+                self.scheduler.trials[trial.user_attrs[STORE_TRIAL]].ask_s = (
+                    time.perf_counter() - t0
+                )
                 to_ask -= 1
             for key in self.pool.keys:
                 if not self.scheduler.busy(key):
@@ -141,8 +155,11 @@ class Driver:
                     self._report(self.scheduler.trials[number])
             for work in self.scheduler.ready():
                 self.scheduler.pop(work.number)
-                self.unwritten.append(self._records(work))
+                self._submit_write(self._records(work))
             self._flush(study, summary, timing)
+        tail = self.latencies[-100:]
+        if tail:
+            timing["ask_tell_last100_ms"] = 1000 * sum(tail) / len(tail)
         summary.seconds = timing
         summary.best = _best(study)
         return summary
@@ -241,21 +258,31 @@ class Driver:
             ]
         return work, record, vectors, transfer
 
+    def _submit_write(self, item: tuple[TrialWork, TrialRecord, list, list]) -> None:
+        _, record, vectors, transfer = item
+        self.writes[self.writer_threads.submit(self._write, record, vectors, transfer)] = item
+
+    def _write(self, record: TrialRecord, vectors: list, transfer: list) -> float:
+        t0 = time.perf_counter()
+        self.writer.write_trial(record, vectors, transfer)
+        return time.perf_counter() - t0
+
     def _flush(self, study: optuna.Study, summary: RunSummary, timing: dict[str, float]) -> None:
-        """Write finished trials, then tell Optuna. A failed write keeps the trial
-        here and is retried on the next loop turn: nothing is told unwritten."""
-        keep = []
-        for work, record, vectors, transfer in self.unwritten:
-            t0 = time.perf_counter()
+        """Tell Optuna about trials whose write finished. A failed write keeps
+        the trial pending and is tried again: nothing is told unwritten."""
+        done = [f for f in self.writes if f.done()]
+        if not done and not self.scheduler.trials and self.writes:
+            cf.wait(list(self.writes), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            done = [f for f in self.writes if f.done()]
+        for fut in done:
+            work, record, vectors, transfer = item = self.writes.pop(fut)
             try:
-                self.writer.write_trial(record, vectors, transfer)
+                timing["write"] += fut.result()
             except StoreWriteError as exc:
                 log.error("could not write trial %d yet (%s); will retry", record.number, exc)
-                keep.append((work, record, vectors, transfer))
                 time.sleep(1.0)
+                self._submit_write(item)
                 continue
-            finally:
-                timing["write"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             if record.error:
                 work.handle.set_user_attr("error", record.error[:1000])
@@ -264,12 +291,12 @@ class Driver:
             else:
                 study.tell(work.handle, state=getattr(TrialState, record.state))
             timing["ask_tell"] += time.perf_counter() - t0
+            self.latencies.append(work.ask_s + time.perf_counter() - t0)
             summary.told += 1
             summary.vectors += len(vectors)
             summary.states[record.state] = summary.states.get(record.state, 0) + 1
             if self.progress:
                 self.progress(summary, record.number)
-        self.unwritten = keep
 
 
 def _best(study: optuna.Study) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ class TrialWork:
     reported: int = 0  # outcomes already reported as intermediate values
     intermediate: dict[int, float] = field(default_factory=dict)
     started: datetime | None = None
+    ask_s: float = 0.0  # seconds the optimizer took to propose this trial
 
     def ordered_outcomes(self) -> list[VectorOutcome]:
         return [self.outcomes[t.vector_id] for t in self.tasks if t.vector_id in self.outcomes]

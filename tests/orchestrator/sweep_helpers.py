@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 import zlib
 from typing import Any
@@ -51,12 +52,15 @@ class FakeWorker:
         self.delay = delay
         self.calls = 0
         self.lost = 0
+        self.lock = threading.Lock()
 
     def __call__(self, key: int, tasks: list[VectorTask]) -> list[VectorOutcome]:
-        self.calls += 1
+        with self.lock:  # workers are threads: count atomically
+            self.calls += 1
+            lose = bool(self.lose_every) and self.calls % self.lose_every == 1
+            self.lost += lose
         time.sleep(self.rng.uniform(0, self.delay))
-        if self.lose_every and self.calls % self.lose_every == 1:
-            self.lost += 1
+        if lose:
             raise RuntimeError("simulated worker death")
         return [self.outcome(t) for t in tasks]
 

@@ -23,7 +23,7 @@ def test_all_trials_told_once_with_lost_workers(tmp_path) -> None:
     summary = run_study(cfg, pool=pool, show_progress=False)
     assert summary.told == 12 and summary.states == {"COMPLETE": 12}
     audit(str(tmp_path / "store"), "tiny", 12, 2)
-    assert worker.lost >= 2 and worker.calls == worker.lost + 6  # lost batches were rerun
+    assert worker.lost >= 1  # the first batch is always lost; its tasks were rerun
 
 
 def test_resume_after_a_crash_between_objects(tmp_path) -> None:
@@ -48,11 +48,14 @@ def test_resume_after_a_crash_between_objects(tmp_path) -> None:
             run_study(cfg, pool=pool, show_progress=False)
     finally:
         writer_mod.put_with_retries = real_put
-    first = open_study(root, "tiny").completed_trials()
-    assert len(first) == 3
+    study = open_study(root, "tiny")
+    done = {t.number for t in study.completed_trials()}
+    written = set(study.vectors.to_table(columns=["trial"]).column("trial").to_pylist())
+    assert 1 <= len(done) < 8
+    assert written - done, "the crash left a trial with vectors but no trials row"
     pool, _ = fake_pool(cfg, seed=1)
     summary = run_study(cfg, pool=pool, show_progress=False)
-    assert summary.resumed == 3 and summary.told == 5
+    assert summary.resumed == len(done) and summary.told == 8 - len(done)
     audit(root, "tiny", 8, 2)
     # A third run has nothing left to do.
     pool, _ = fake_pool(cfg)
