@@ -40,14 +40,15 @@ def tiny_config(root: str, **overrides: Any) -> StudyConfig:
 
 class FakeWorker:
     """Returns plausible outcomes without a model: success depends on the layer
-    (so a sampler has signal), completion times are random, and every
-    ``lose_every``-th batch is lost as if its worker died."""
+    (so a sampler has signal), completion times are random, and the first
+    ``lose_first`` batches are lost as if their worker died (fewer than the
+    scheduler's 3 attempts, so every task still completes)."""
 
     def __init__(
-        self, transfer_ids: list[str], lose_every: int = 0, seed: int = 0, delay: float = 0.005
+        self, transfer_ids: list[str], lose_first: int = 0, seed: int = 0, delay: float = 0.005
     ) -> None:
         self.transfer_ids = transfer_ids
-        self.lose_every = lose_every
+        self.lose_first = lose_first
         self.rng = random.Random(seed)
         self.delay = delay
         self.calls = 0
@@ -57,7 +58,7 @@ class FakeWorker:
     def __call__(self, key: int, tasks: list[VectorTask]) -> list[VectorOutcome]:
         with self.lock:  # workers are threads: count atomically
             self.calls += 1
-            lose = bool(self.lose_every) and self.calls % self.lose_every == 1
+            lose = self.calls <= self.lose_first
             self.lost += lose
         time.sleep(self.rng.uniform(0, self.delay))
         if lose:
