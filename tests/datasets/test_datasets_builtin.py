@@ -50,8 +50,10 @@ def test_task_shape(task: Task):
 
 def test_builtin_task_is_cached_and_unknown_names_fail():
     assert builtin_task("refusal") is builtin_task("refusal")
-    with pytest.raises(DatasetError, match="no built-in task 'nope'"):
+    with pytest.raises(DatasetError, match="no built-in task 'nope'") as info:
         builtin_task("nope")
+    assert isinstance(info.value, KeyError)  # preflight catches KeyError
+    assert str(info.value).startswith("<builtin>: no built-in task 'nope'; use one of")
 
 
 def test_task_ids_are_unique_across_tasks():
@@ -150,3 +152,11 @@ def test_every_example_tokenizes_with_smollm2(task: Task, smollm2):
         ids = smollm2.encode_prompt(task.examples[0].prompt)
         im_start = smollm2.tokenizer.convert_tokens_to_ids("<|im_start|>")
         assert ids[0] == im_start and ids.count(im_start) == 2
+
+
+def test_task_judge_combines_both_lists():
+    task = Task("t", "d", (), judge_contains_any=("Yes",), judge_lacks_all=("but",))
+    assert task.judge("yes indeed")
+    assert not task.judge("Yes, but no")
+    assert not task.judge("nothing")
+    assert Task("t", "d", ()).judge("anything")

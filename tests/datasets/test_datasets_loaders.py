@@ -136,3 +136,11 @@ def test_bad_arguments():
         load_examples("x.jsonl", {"promote": "t", "suppress": "t"})
     with pytest.raises(ValueError, match="default_split"):
         load_examples("x.jsonl", default_split="test")
+
+
+def test_examples_from_rows_in_memory():
+    from orchestrator.datasets import RawRow, examples_from_rows
+
+    rows = [RawRow("record 0", 0, {"prompt": "Hi", "promote": ["Yo"]})]
+    (ex,) = examples_from_rows(rows, "<inline>", default_split="train", id_prefix="inline")
+    assert ex.id == "inline-0" and ex.prompt == chat("Hi") and ex.split == "train"

@@ -315,3 +315,9 @@ def test_file_level_errors(tmp_path):
     junk.write_bytes(b"not parquet")
     with pytest.raises(DatasetError, match="not a readable Parquet file"):
         load_examples(junk)
+
+
+def test_jsonl_non_utf8_key_is_named_printably(tmp_path):
+    path = _jsonl(tmp_path, [b'{"id": "x", "pr\xffompt": "p", "promote": "a", "split": "train"}'])
+    msg = _expect(path, "line 1", "pr\\xffompt", "the key contains bytes that are not valid UTF-8")
+    msg.encode("utf-8")  # printable: no lone surrogates left in the message

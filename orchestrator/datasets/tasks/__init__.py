@@ -1,0 +1,1 @@
+"""Package data: the hand-written built-in task files (JSONL)."""
