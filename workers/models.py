@@ -247,8 +247,14 @@ class LoadedModel:
                 f"has no chat template; give a raw string prompt instead"
             )
         messages = [{"role": role, "content": content} for role, content in prompt]
+        # A final assistant turn is a prefilled reply (§5): continue it rather
+        # than opening a new assistant turn after it.
+        prefilled = bool(messages) and messages[-1]["role"] == "assistant"
         text = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
+            messages,
+            add_generation_prompt=not prefilled,
+            continue_final_message=prefilled,
+            tokenize=False,
         )
         return str(text), True
 

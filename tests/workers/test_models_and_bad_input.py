@@ -123,3 +123,13 @@ def test_tiny_models_load_by_name_with_dtype() -> None:
     assert lm.dtype == torch.bfloat16 and lm.n_layers == 4 and lm.d_model == 64
     with pytest.raises(ModelLoadError, match="unknown dtype"):
         load_model(ModelSpec("tiny-random-gpt2", dtype="float8"))
+
+
+def test_a_final_assistant_turn_is_continued_not_closed(tiny_llama) -> None:
+    from workers.jobs import chat
+
+    text, templated = tiny_llama.format_prompt(chat("Who is Ada?", ("assistant", "Ada is a")))
+    assert templated
+    assert text.endswith("<|im_start|>assistant\nAda is a")
+    plain, _ = tiny_llama.format_prompt(chat("Who is Ada?"))
+    assert plain.endswith("<|im_start|>assistant\n")
