@@ -47,7 +47,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for best in summary.best[:3]:
         print(f"best trial {best['store_trial']}: values {best['values']} params {best['params']}")
     t = summary.seconds
-    print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
+    print(
+        "time (s): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
+        + "  [optimize/evaluate: actor seconds; wait: driver waiting on actors]"
+    )
     print(
         f"results: {summary.store}\n  steer-sweep status {cfg.name} --root {cfg.store.root}"
         f"\n  steer-sweep best {cfg.name} --root {cfg.store.root}"
