@@ -12,6 +12,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
+def moto_endpoint():
+    """One moto S3 server on 127.0.0.1 for the session; tests keep apart by bucket."""
+    from store.factories import free_port, start_moto
+
+    port = free_port()
+    server = start_moto(port)
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def tiny_llama():
     """A seeded 4-layer, d_model 64 Llama with the tiny BPE tokenizer (fp32, CPU)."""
     from workers.tiny import tiny_model

@@ -49,32 +49,13 @@ def test_optimize_writes_a_self_describing_vector(tmp_path) -> None:
 
 
 def test_bad_input_exits_2_with_one_paragraph_and_no_traceback() -> None:
-    proc = run_cli(
-        "optimize",
-        "--model",
-        "tiny-random-llama",
-        "--prompt",
-        "Hi",
-        "--promote",
-        "x",
-        "--layer",
-        "9",
-    )
+    bad_layer = ["optimize", "--model", "tiny-random-llama", "--prompt", "Hi", "--promote", "x",
+                 "--layer", "9"]  # fmt: skip
+    proc = run_cli(*bad_layer)
     assert proc.returncode == 2
     assert "layer 9 is out of range" in proc.stderr
     assert "Traceback" not in proc.stderr
-    debug = run_cli(
-        "--debug",
-        "optimize",
-        "--model",
-        "tiny-random-llama",
-        "--prompt",
-        "Hi",
-        "--promote",
-        "x",
-        "--layer",
-        "9",
-    )
+    debug = run_cli("--debug", *bad_layer)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
     missing = run_cli("optimize", "--model", "./no/such/model", "--prompt", "Hi", "--promote", "x")
     assert missing.returncode == 2 and "model path does not exist" in missing.stderr

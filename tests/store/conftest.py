@@ -10,16 +10,7 @@ from typing import Any
 
 import pytest
 
-from .factories import S3Env, free_port, make_bucket, set_fake_aws_env, start_moto
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """One moto server for the session; buckets keep tests apart."""
-    port = free_port()
-    server = start_moto(port)
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+from .factories import S3Env, make_bucket, set_fake_aws_env
 
 
 @pytest.fixture
