@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from workers.encoding import pad_right
+from workers.examples import Example
 from workers.jobs import Prompt
 from workers.layers import normalize_layer
 from workers.models import LoadedModel
@@ -77,3 +78,35 @@ def caa_vector(
     pos = activations(lm, positive, layer, reduce).mean(dim=0)
     neg = activations(lm, negative, layer, reduce).mean(dim=0)
     return (pos - neg).numpy().astype(np.float32)
+
+
+def _completion(lm: LoadedModel, prompt: Prompt, completion: str) -> str:
+    """The prompt as the model sees it, with ``completion`` appended as raw text."""
+    text, _ = lm.format_prompt(prompt)
+    return text + completion
+
+
+def examples_caa(
+    lm: LoadedModel,
+    examples: Sequence[Example],
+    layer: int,
+    reduce: Literal["last", "mean"] = "last",
+) -> np.ndarray:
+    """A CAA skyline for a task's examples (§2.1.3), contrasting completions.
+
+    Positive: each prompt followed by its first promote target. Negative: the
+    same prompt followed by its first suppress target, or the bare prompt when
+    it has none; an example whose ``meta`` has a ``real_prompt`` (the
+    fictitious task, §5) contrasts its prompt with that real prompt instead.
+    Activations are read at the last token by default.
+    """
+    positive: list[Prompt] = []
+    negative: list[Prompt] = []
+    for ex in examples:
+        if "real_prompt" in ex.meta:
+            positive.append(ex.prompt)
+            negative.append(ex.meta["real_prompt"])
+        elif ex.promote:
+            positive.append(_completion(lm, ex.prompt, ex.promote[0]))
+            negative.append(_completion(lm, ex.prompt, ex.suppress[0] if ex.suppress else ""))
+    return caa_vector(lm, positive, negative, layer, reduce)

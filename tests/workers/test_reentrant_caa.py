@@ -71,3 +71,25 @@ def test_caa_equals_a_hand_computation(tiny_llama) -> None:
     mean_acts = activations(lm, neg, layer, reduce="mean")
     np.testing.assert_allclose(mean_acts[1].numpy(), hs[layer][0].mean(0).numpy(), atol=1e-5)
     assert all(len(block._forward_pre_hooks) == 0 for block in lm.layers)
+
+
+def test_examples_caa_contrasts_completions(tiny_llama) -> None:
+    from workers.caa import examples_caa
+    from workers.examples import Example
+
+    lm = tiny_llama
+    exs = [
+        Example("a", chat("Hello world"), promote=("Thank you",), suppress=("No",)),
+        Example("b", chat("What is the capital?"), promote=("Paris",)),
+        Example("c", "fake prompt", promote=("x",), meta={"real_prompt": "real prompt"}),
+    ]
+    got = examples_caa(lm, exs, 2)
+    text_a, _ = lm.format_prompt(exs[0].prompt)
+    text_b, _ = lm.format_prompt(exs[1].prompt)
+    expected = caa_vector(
+        lm,
+        [text_a + "Thank you", text_b + "Paris", "fake prompt"],
+        [text_a + "No", text_b, "real prompt"],
+        2,
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
