@@ -141,6 +141,12 @@ def encode_job(lm: LoadedModel, job: VectorJob) -> EncodedJob:
             prompt_ids = lm.encode_prompt(scored.prompt)
         except ValueError as exc:
             raise JobError(f"job '{job.job_id}': prompt {p_index}: {exc}") from None
+        n = len(prompt_ids)
+        if job.tokens.mode == "positions" and any(not -n <= p < n for p in job.tokens.positions):
+            raise JobError(
+                f"job '{job.job_id}': token positions {list(job.tokens.positions)} fall outside "
+                f"prompt {p_index}, which has {n} tokens"
+            )
         for target in scored.targets:
             if target.kind not in ("promote", "suppress"):
                 raise JobError(

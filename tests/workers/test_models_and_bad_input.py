@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from workers.encoding import JobError
-from workers.jobs import ScoredPrompt, StopRules, Target, VectorJob, chat
+from workers.jobs import ScoredPrompt, StopRules, Target, TokenSelection, VectorJob, chat
 from workers.models import ModelLoadError, ModelSpec, load_model
 from workers.optimizer import optimize
 
@@ -40,6 +40,7 @@ def job(**kw) -> VectorJob:
         ({"lr": -1.0}, "lr must be a positive number"),
         ({"norm_bound": 0.0}, "norm_bound must be positive"),
         ({"stop": StopRules(targets_reached=True)}, "needs at least one target threshold"),
+        ({"tokens": TokenSelection("positions", positions=(500,))}, "fall outside prompt 0"),
     ],
 )
 def test_bad_jobs_raise_a_clear_error_before_any_work(tiny_llama, kwargs, message) -> None:
