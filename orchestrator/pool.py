@@ -113,7 +113,7 @@ class RayPool:
 
     def poll(self, timeout: float) -> list[Finished]:
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayError
 
         if not self.refs:
             return []
@@ -127,6 +127,11 @@ class RayPool:
                 # Ray restarts the actor (max_restarts=-1); its batch is requeued.
                 log.warning("actor %d died mid-batch; requeueing its tasks: %s", key, exc)
                 out.append((key, WorkerLost(f"actor died: {type(exc).__name__}")))
+            except RayError as exc:
+                # Anything else that escaped the actor (out of memory, a bug):
+                # requeue too; the scheduler fails a task after 3 such losses.
+                log.warning("batch on actor %d failed: %s", key, str(exc)[:500])
+                out.append((key, WorkerLost(f"{type(exc).__name__}: {str(exc)[:200]}")))
         return out
 
     def shutdown(self) -> None:
