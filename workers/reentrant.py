@@ -19,14 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from workers.encoding import JobError, encode_job
-from workers.generate import RowSteering, greedy_decode, next_token_logprobs
-from workers.interventions import JobMeta, params_from
+from workers.generate import greedy_decode, next_token_logprobs
 from workers.jobs import KLTerm, VectorJob, VectorResult
 from workers.models import LoadedModel
 from workers.optimizer import optimize
+from workers.transfer import SteeringVector, VectorRows
 
 
 @dataclass(frozen=True)
@@ -47,35 +45,6 @@ class ReentrantResult:
     decoded: list[int]
 
 
-def result_steering(
-    lm: LoadedModel,
-    jobs: Sequence[VectorJob],
-    results: Sequence[VectorResult],
-    prompt_lens: Sequence[int],
-) -> RowSteering:
-    """Row ``i`` steered by ``results[i]`` as job ``i`` describes it."""
-    meta = JobMeta.build(
-        [r.layers for r in results], [j.intervention for j in jobs], lm.n_layers, lm.device
-    )
-    rank = meta.max_rank
-    params = torch.stack(
-        [
-            params_from(
-                torch.as_tensor(r.vector, device=lm.device),
-                None
-                if r.factors is None
-                else (
-                    torch.as_tensor(r.factors[0], device=lm.device),
-                    torch.as_tensor(r.factors[1], device=lm.device),
-                ),
-                rank,
-            )
-            for r in results
-        ]
-    )
-    return RowSteering(params, meta, [j.tokens for j in jobs], list(prompt_lens))
-
-
 def optimize_reentrant(lm: LoadedModel, jobs: Sequence[ReentrantJob]) -> list[ReentrantResult]:
     """Run Algorithm 1 for every job. See :class:`ReentrantJob`.
 
@@ -91,17 +60,19 @@ def optimize_reentrant(lm: LoadedModel, jobs: Sequence[ReentrantJob]) -> list[Re
             raise JobError(f"job '{rj.stage1.job_id}': reentrant n_tokens must be >= 1")
     stage1 = optimize(lm, [rj.stage1 for rj in jobs])
     prompts = [lm.encode_prompt(rj.stage1.prompts[0].prompt) for rj in jobs]
-    steer = result_steering(lm, [rj.stage1 for rj in jobs], stage1, [len(p) for p in prompts])
+    rows = VectorRows(
+        lm,
+        [
+            SteeringVector.from_result(rj.stage1.job_id, r, rj.stage1)
+            for rj, r in zip(jobs, stage1, strict=True)
+        ],
+    )
+    steer = rows.rows(range(len(jobs)), [len(p) for p in prompts])
 
     greedy = [i for i, rj in enumerate(jobs) if rj.prefix == "greedy"]
     decoded: list[list[int]] = [[] for _ in jobs]
     if greedy:
-        sub = RowSteering(
-            steer.params[greedy],
-            steer.meta.select(torch.tensor(greedy, device=lm.device)),
-            [steer.selections[i] for i in greedy],
-            [steer.prompt_lens[i] for i in greedy],
-        )
+        sub = rows.rows(greedy, [len(prompts[i]) for i in greedy])
         outs = greedy_decode(
             lm,
             [prompts[i] for i in greedy],

@@ -79,8 +79,10 @@ class Generation:
     unsteered: str
 
 
-class _Pairs:
-    """Per-row steering tensors for a list of (vector index, prompt length) rows."""
+class VectorRows:
+    """Steering tensors of a set of vectors, and per-row selections of them.
+
+    Row ``i`` of a batch is steered by ``vectors[vec_idx[i]]``."""
 
     def __init__(self, lm: LoadedModel, vectors: Sequence[SteeringVector]) -> None:
         self.lm = lm
@@ -121,7 +123,7 @@ def _chunks(n: int, size: int) -> list[range]:
 def _target_logprobs(
     lm: LoadedModel,
     encoded: Sequence[EncodedJob],
-    steer: tuple[_Pairs, Sequence[int]] | None,
+    steer: tuple[VectorRows, Sequence[int]] | None,
     coldness: float,
     batch_size: int,
 ) -> list[list[float]]:
@@ -194,7 +196,9 @@ def target_logprobs(
             pair_enc.append(dataclasses.replace(base_enc[ei], job=_example_job(ex, vec)))
             vec_idx.append(vi)
             pair_ex.append(ei)
-    steered = _target_logprobs(lm, pair_enc, (_Pairs(lm, vectors), vec_idx), coldness, batch_size)
+    steered = _target_logprobs(
+        lm, pair_enc, (VectorRows(lm, vectors), vec_idx), coldness, batch_size
+    )
     scale = 1.0 / math.log(log_base)
     rows = []
     for values, vi, ei in zip(steered, vec_idx, pair_ex, strict=True):
@@ -249,7 +253,7 @@ def choice_flips(
         others = torch.cat([scores[: ref[i]], scores[ref[i] + 1 :]])
         return float(scores[ref[i]] - others.max())
 
-    pairs = _Pairs(lm, vectors)
+    pairs = VectorRows(lm, vectors)
     rows: list[TransferRow] = []
     todo = [
         (vi, ei, sign)
@@ -286,7 +290,7 @@ def generations(
     for b in _chunks(len(examples), batch_size):
         outs = greedy_decode(lm, [prompts[i] for i in b], n_tokens)
         plain += [decode(o, skip_special_tokens=True) for o in outs]
-    pairs = _Pairs(lm, vectors)
+    pairs = VectorRows(lm, vectors)
     todo = [(vi, ei) for vi in range(len(vectors)) for ei in range(len(examples))]
     result = []
     for b in _chunks(len(todo), batch_size):
@@ -330,7 +334,7 @@ def side_effect_kl(
     ids = [lm.encode_prompt(p) for p in prompts]
     last = [[len(i) - 1] for i in ids]
     base = next_token_logprobs(lm, ids, last, None)
-    pairs = _Pairs(lm, vectors)
+    pairs = VectorRows(lm, vectors)
     todo = [(vi, pi) for vi in range(len(vectors)) for pi in range(len(ids))]
     rows = []
     for b in _chunks(len(todo), batch_size):
