@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference import reference_logits
 
 from workers.jobs import (
     KLTerm,
@@ -31,20 +32,7 @@ STOP0 = StopRules(max_iters=0)
 
 def full_logprobs(lm, ids: list[int], vector: np.ndarray, layer: int, coldness: float):
     """Reference: add the vector at every position entering ``layer``; full logits."""
-    v = torch.as_tensor(vector)
-
-    def hook(_m, args, kwargs):
-        if args:
-            return (args[0] + v, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + v}
-
-    handle = lm.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            logits = lm.model(input_ids=torch.tensor([ids])).logits[0].double()
-    finally:
-        handle.remove()
-    return torch.log_softmax(coldness * logits, dim=-1)
+    return torch.log_softmax(coldness * reference_logits(lm, ids, vector, layer), dim=-1)
 
 
 def reference_term(lm, prompt, target: Target, vector, layer, settings: LossSettings) -> float:

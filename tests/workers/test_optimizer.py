@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference import adding
 
 from workers.jobs import (
     Intervention,
@@ -110,17 +111,9 @@ def reference_adam_run(lm, job: VectorJob, steps: int) -> np.ndarray:
     opt = torch.optim.Adam([v], lr=job.lr)
     layer = job.layers[0]
 
-    def hook(_m, args, kwargs):
-        if args:
-            return (args[0] + v, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + v}
-
     for _ in range(steps):
-        handle = lm.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
-        try:
+        with adding(lm, layer, v):
             logits = lm.model(input_ids=ids).logits[0].float()
-        finally:
-            handle.remove()
         logp = torch.log_softmax(job.loss.coldness * logits, dim=-1)
         loss = sum(-logp[len(p_ids) + k - 1, tok] for k, tok in enumerate(t_ids))
         loss = loss / math.log(job.loss.log_base)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference import reference_logits
 
 from workers.examples import Example
 from workers.jobs import Intervention, TokenSelection, chat
@@ -45,26 +46,6 @@ EXAMPLES = [
         split="transfer",
     ),
 ]
-
-
-def reference_logits(lm, ids, vector=None, layer=0, sign=1.0):
-    """Full logits ``(T, vocab)`` in float64 with ``sign * vector`` added at every position."""
-    handle = None
-    if vector is not None:
-        v = sign * torch.as_tensor(vector)
-
-        def hook(_m, args, kwargs):
-            if args:
-                return (args[0] + v, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + v}
-
-        handle = lm.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            return lm.model(input_ids=torch.tensor([ids])).logits[0].double()
-    finally:
-        if handle is not None:
-            handle.remove()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,35 @@
+"""An independent reference for tests: add a vector entering a block, with a
+plain pre-hook that knows nothing of ``workers.interventions``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def adding(lm, layer: int, vector) -> Iterator[None]:
+    """Add ``vector`` (a tensor, gradients kept) at every position entering ``layer``."""
+    v = torch.as_tensor(vector)
+
+    def hook(_m, args, kwargs):
+        if args:
+            return (args[0] + v, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + v}
+
+    handle = lm.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def reference_logits(lm, ids, vector=None, layer=0, sign=1.0):
+    """Full logits ``(T, vocab)`` in float64, with ``sign * vector`` added when given."""
+    with torch.no_grad():
+        if vector is None:
+            return lm.model(input_ids=torch.tensor([ids])).logits[0].double()
+        with adding(lm, layer, sign * torch.as_tensor(vector)):
+            return lm.model(input_ids=torch.tensor([ids])).logits[0].double()
