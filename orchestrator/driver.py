@@ -31,6 +31,7 @@ from orchestrator.space import build_task, distributions, fixed_params
 from orchestrator.store import (
     StoreWriteError,
     StoreWriter,
+    Study,
     TransferRecord,
     TrialRecord,
     VectorRecord,
@@ -89,10 +90,9 @@ class Driver:
         )
 
     # ------------------------------------------------------------- numbering
-    def _numbers(self, done: set[int]) -> list[int]:
+    def _numbers(self, study: Study, done: set[int]) -> list[int]:
         """Store numbers for new trials: gaps first (trials a killed driver left
         half-written, whose objects are then overwritten), then upward."""
-        study = open_study(self.writer.root, self.cfg.name)
         seen = set(done)
         for table in ("vectors", "transfer"):
             column = study.dataset(table).to_table(columns=["trial"]).column("trial")
@@ -110,14 +110,15 @@ class Driver:
 
     def _run(self) -> RunSummary:
         cfg = self.cfg
-        stored = open_study(self.writer.root, cfg.name).completed_trials()
+        stored_study = open_study(self.writer.root, cfg.name)
+        stored = stored_study.completed_trials()
         done = {t.number for t in stored}
         summary = RunSummary(cfg.name, self.plan.store_uri, cfg.n_trials, resumed=len(done))
         for t in stored:
             summary.states[t.state] = summary.states.get(t.state, 0) + 1
         study = create_study(cfg, self.plan.space)
         retell(study, stored)
-        numbers = iter(self._numbers(done))
+        numbers = iter(self._numbers(stored_study, done))
         to_ask = max(0, cfg.n_trials - len(done))
         if done:
             log.info(
