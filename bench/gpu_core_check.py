@@ -4,7 +4,7 @@ Usage (on a GPU machine, from the repo root):
     PYTHONPATH=. python bench/gpu_core_check.py --out results.json [--quick]
 
 1. Batch invariance on CUDA (float32, tiny model): the 8 heterogeneous jobs of
-   tests/workers/test_optimizer.py, batched against solo; prints the max |diff|.
+   tests/jobsets.py, batched against solo; prints the max |diff|.
 2. Throughput in bfloat16 with float32 losses on random-weight models of real
    shapes (speed does not depend on weight values): T=64 tokens per row
    (56 prompt + 8 target), one layer at L/2, for several batch sizes. Prints
@@ -56,6 +56,17 @@ SHAPES = {
         vocab_size=256000,
         tie_word_embeddings=True,
     ),
+    "llama-3-8b": dict(
+        family="llama",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+    ),
 }
 
 
@@ -68,7 +79,7 @@ def sync() -> None:
 
 
 def invariance() -> float:
-    spec = importlib.util.spec_from_file_location("t", "tests/workers/test_optimizer.py")
+    spec = importlib.util.spec_from_file_location("t", "tests/jobsets.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

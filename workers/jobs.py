@@ -34,6 +34,7 @@ STOP_REASONS = (
     "targets_reached",
     "threshold_held",
     "nonfinite",
+    "out_of_memory",
 )
 
 

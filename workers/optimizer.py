@@ -1,4 +1,4 @@
-"""The batched one-shot optimizer: many independent vectors in one pass.
+"""The batched one-shot optimizer (the engine): many independent vectors in one pass.
 
 Rows never interact: the batch loss is a sum over jobs, and Adam works
 element by element with per-row learning rate and step count, so a vector
@@ -9,13 +9,25 @@ Loop, per job: evaluate the loss of the current vector (history[t]); check
 the stopping rules; if none fires, take one Adam step and project onto the
 norm ball. So ``history[-1]`` is always the loss of the returned vector and
 ``iterations`` counts optimizer steps.
+
+Continuous batching: jobs wait in a :class:`workers.scheduler.Scheduler`;
+each step runs the admitted jobs, and when a job stops its row goes to a
+waiting job with fresh optimizer state. Each job keeps its own parameters and
+Adam moments, stacked into a batch only for the step, so joining or leaving
+never disturbs the others. Per step the model runs only the blocks from each
+job's steering layer on (:mod:`workers.prefix`), computes logits only at scored
+positions (:mod:`workers.losses`), and backpropagates only from the steering
+layer, since the model's own weights are frozen.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +38,8 @@ from workers.interventions import BatchSteering, JobMeta
 from workers.jobs import VectorJob, VectorResult
 from workers.losses import batch_losses
 from workers.models import LoadedModel
+from workers.prefix import assemble, block_output_format, capture, resume, split
+from workers.scheduler import Request, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -33,35 +47,29 @@ BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-class BatchedAdam:
-    """Adam over ``(J, K, d)`` parameters with per-row lr and step counts.
+def adam_step(
+    params: Tensor, grad: Tensor, m: Tensor, v: Tensor, steps: Tensor, lr: Tensor, active: Tensor
+) -> None:
+    """One in-place Adam update of ``(J, K, d)`` parameters, row by row.
 
     Same update as ``torch.optim.Adam`` (betas 0.9/0.999, eps 1e-8) applied to
-    each row separately; rows outside ``active`` are left untouched.
+    each row separately, with per-row ``lr`` ``(J,)`` and step counts ``steps``
+    ``(J,)`` (float64); rows outside ``active`` ``(J,)`` are left untouched.
     """
-
-    def __init__(self, params: Tensor, lr: Tensor) -> None:
-        self.lr = lr  # (J,)
-        self.m = torch.zeros_like(params)
-        self.v = torch.zeros_like(params)
-        self.steps = torch.zeros(params.shape[0], dtype=torch.float64, device=params.device)
-
-    @torch.no_grad()
-    def step(self, params: Tensor, grad: Tensor, active: Tensor) -> None:
-        b1, b2 = BETAS
-        sel = active.nonzero().flatten()
-        if sel.numel() == 0:
-            return
-        self.steps[sel] += 1
-        g = grad[sel]
-        m = self.m[sel].lerp_(g, 1 - b1)
-        v = self.v[sel].mul_(b2).addcmul_(g, g, value=1 - b2)
-        self.m[sel], self.v[sel] = m, v
-        steps = self.steps[sel]
-        bc1 = (1 - b1**steps).to(params.dtype)[:, None, None]
-        bc2_sqrt = torch.sqrt(1 - b2**steps).to(params.dtype)[:, None, None]
-        denom = v.sqrt() / bc2_sqrt + ADAM_EPS
-        params[sel] -= (self.lr[sel, None, None] / bc1) * m / denom
+    b1, b2 = BETAS
+    sel = active.nonzero().flatten()
+    if sel.numel() == 0:
+        return
+    steps[sel] += 1
+    g = grad[sel]
+    m_sel = m[sel].lerp_(g, 1 - b1)
+    v_sel = v[sel].mul_(b2).addcmul_(g, g, value=1 - b2)
+    m[sel], v[sel] = m_sel, v_sel
+    n = steps[sel]
+    bc1 = (1 - b1**n).to(params.dtype)[:, None, None]
+    bc2_sqrt = torch.sqrt(1 - b2**n).to(params.dtype)[:, None, None]
+    denom = v_sel.sqrt() / bc2_sqrt + ADAM_EPS
+    params[sel] -= (lr[sel, None, None] / bc1) * m_sel / denom
 
 
 def initial_params(job: VectorJob, d_model: int, rank: int) -> Tensor:
@@ -147,20 +155,100 @@ class _RowState:
             self.reason = "max_iters"
 
 
-def _grad_mask(jobs: list[VectorJob], params: Tensor, R: int) -> Tensor:
-    """1 where a job trains a slot. Unused slots get no gradient, so Adam keeps them at 0."""
-    mask = torch.zeros_like(params)
-    for i, job in enumerate(jobs):
-        iv = job.intervention
-        if iv.kind != "affine" or iv.affine_additive:
-            mask[i, 0] = 1
-        if iv.kind == "affine":
-            mask[i, 1 : 1 + iv.rank] = 1
-            mask[i, 1 + R : 1 + R + iv.rank] = 1
+def _job_rank(job: VectorJob) -> int:
+    return job.intervention.rank if job.intervention.kind == "affine" else 0
+
+
+def _grad_mask(job: VectorJob, d_model: int) -> Tensor:
+    """1 where a job trains a slot, in its own ``(1 + 2 r, d)`` layout. Unused
+    slots get no gradient, so Adam keeps them at 0."""
+    r = _job_rank(job)
+    mask = torch.zeros(1 + 2 * r, d_model)
+    iv = job.intervention
+    if iv.kind != "affine" or iv.affine_additive:
+        mask[0] = 1
+    mask[1:] = 1
     return mask
 
 
+def _pack(t: Tensor, r: int, R: int) -> Tensor:
+    """A job's ``(1 + 2 r, d)`` slots laid out for a batch of rank ``R``."""
+    if r == R:
+        return t
+    out = t.new_zeros(1 + 2 * R, t.shape[-1])
+    out[: 1 + r] = t[: 1 + r]
+    out[1 + R : 1 + R + r] = t[1 + r :]
+    return out
+
+
+def _unpack(t: Tensor, r: int, R: int) -> Tensor:
+    if r == R:
+        return t
+    return torch.cat([t[: 1 + r], t[1 + R : 1 + R + r]])
+
+
 ProgressFn = Callable[[int, int], None]
+FaultFn = Callable[[list[str]], None]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error, or the CPU allocator failing."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in msg or "can't allocate memory" in msg
+    )
+
+
+@dataclass
+class EngineStats:
+    """What one :func:`optimize` call did.
+
+    ``occupancy`` is the mean over steps of running jobs / ``max_rows``;
+    ``padding_waste`` the share of computed token positions that were padding.
+    """
+
+    steps: int = 0
+    vector_steps: int = 0
+    slot_steps: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    out_of_memory: int = 0
+    paused: int = 0
+    prefix_reuse: bool = False
+
+    @property
+    def occupancy(self) -> float:
+        return self.vector_steps / self.slot_steps if self.slot_steps else 0.0
+
+    @property
+    def padding_waste(self) -> float:
+        return 1.0 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
+class _Job:
+    """One job's optimizer state while it waits, runs or is paused."""
+
+    def __init__(self, enc: EncodedJob, d_model: int) -> None:
+        job = enc.job
+        self.enc = enc
+        self.rank = _job_rank(job)
+        self.layer = min(enc.layers)
+        self.params = initial_params(job, d_model, self.rank)
+        self.m = torch.zeros_like(self.params)
+        self.v = torch.zeros_like(self.params)
+        self.steps = 0.0
+        self.mask = _grad_mask(job, d_model)
+        self.bound = job.norm_bound if job.norm_bound is not None else math.inf
+        self.state = _RowState(job)
+        self.thresholds = [t[3] for t in enc.terms]
+        self.prefix: Tensor | None = None  # (S_j, T_j, d) entering block ``layer``
+        self.initialized = False
+
+    def request(self) -> Request:
+        lengths = [len(s.ids) for s in self.enc.seqs]
+        return Request(self.enc.job.job_id, len(lengths), max(lengths), self.layer)
 
 
 def optimize(
@@ -168,13 +256,25 @@ def optimize(
     jobs: Sequence[VectorJob],
     *,
     max_batch_jobs: int | None = None,
+    token_budget: int | None = None,
+    prefix_reuse: bool = True,
     progress: ProgressFn | None = None,
+    stats: EngineStats | None = None,
+    fault: FaultFn | None = None,
+    seed: int = 0,
 ) -> list[VectorResult]:
     """Optimize every job and return one :class:`VectorResult` per job, in order.
 
-    All jobs are validated before any model work. Jobs run in batches of at most
-    ``max_batch_jobs`` (default: all at once). ``progress(done, total)`` is
-    called as jobs finish.
+    Continuous batching: at most ``max_batch_jobs`` jobs (and ``token_budget``
+    padded tokens) run in each step; when a job stops, a waiting one takes its
+    row with fresh optimizer state (see :mod:`workers.scheduler`). The blocks
+    before each job's steering layer run once per job (``prefix_reuse``, see
+    :mod:`workers.prefix`).
+
+    An out-of-memory error halves the batch and retries the step; a job that
+    runs out of memory alone stops with reason ``out_of_memory``. ``fault(job_ids)``
+    is called with the running jobs before every step (fault injection in tests).
+    ``progress(done, total)`` is called as jobs finish; ``stats`` is filled in.
 
     Raises:
         JobError: a job is malformed (see :func:`workers.encoding.encode_job`).
@@ -183,102 +283,210 @@ def optimize(
     if len(set(ids)) != len(ids):
         raise JobError("job ids must be unique within one optimize() call")
     encoded = [encode_job(lm, job) for job in jobs]
-    size = max_batch_jobs or max(len(encoded), 1)
-    results: list[VectorResult] = []
-    for start in range(0, len(encoded), size):
-        results += _run_batch(lm, encoded[start : start + size])
-        if progress is not None:
-            progress(len(results), len(encoded))
-    return results
+    engine = _Engine(lm, max_batch_jobs, token_budget, prefix_reuse, fault, seed)
+    if stats is not None:
+        engine.stats = stats
+    return engine.run(encoded, progress)
 
 
-def _run_batch(lm: LoadedModel, encoded: list[EncodedJob]) -> list[VectorResult]:
-    device, J = lm.device, len(encoded)
-    jobs = [e.job for e in encoded]
-    meta = JobMeta.build(
-        [e.layers for e in encoded], [j.intervention for j in jobs], lm.n_layers, device
-    )
-    R = meta.max_rank
-    params = torch.stack([initial_params(j, lm.d_model, R) for j in jobs]).to(device)
+class _Engine:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        max_rows: int | None,
+        token_budget: int | None,
+        prefix_reuse: bool,
+        fault: FaultFn | None,
+        seed: int,
+    ) -> None:
+        self.lm = lm
+        self.sched = Scheduler(token_budget=token_budget, max_rows=max_rows, seed=seed)
+        self.fault = fault
+        self.stats = EngineStats()
+        self.reuse = prefix_reuse and block_output_format(lm) is not None
+        self.pad_id = int(lm.tokenizer.pad_token_id or 0)
+        self._members: list[str] | None = None
+        self._static: tuple[Any, ...] | None = None
 
-    def per_job(values: list[float]) -> Tensor:
-        return torch.tensor(values, dtype=torch.float32, device=device)
+    def run(self, encoded: list[EncodedJob], progress: ProgressFn | None) -> list[VectorResult]:
+        d = self.lm.d_model
+        jobs = {e.job.job_id: _Job(e, d) for e in encoded}
+        self.stats.prefix_reuse = self.reuse
+        self.sched.add(j.request() for j in jobs.values())
+        capacity = self.sched.max_rows or max(len(jobs), 1)
+        done = 0
+        while not self.sched.idle:
+            self.sched.admit()
+            running = [jobs[r.key] for r in self.sched.running]
+            try:
+                if self.fault is not None:
+                    self.fault([j.enc.job.job_id for j in running])
+                finished = self._step(running)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self._out_of_memory(running, exc)
+                finished = [j for j in running if j.state.reason == "out_of_memory"]
+            else:
+                self.stats.steps += 1
+                self.stats.vector_steps += len(running)
+                self.stats.slot_steps += capacity
+            for job in finished:
+                self.sched.finish(job.enc.job.job_id)
+                job.prefix = None
+                done += 1
+                if progress is not None:
+                    progress(done, len(jobs))
+        return [self._result(jobs[e.job.job_id]) for e in encoded]
 
-    lr = per_job([j.lr for j in jobs])
-    bound = per_job([j.norm_bound if j.norm_bound is not None else math.inf for j in jobs])
-    coldness = per_job([j.loss.coldness for j in jobs])
-    log_base = per_job([j.loss.log_base for j in jobs])
-    normalize = per_job([float(j.loss.normalize_by_length) for j in jobs])
-    grad_mask = _grad_mask(jobs, params, R)
-    project(params, bound, meta.ranks)
-    adam = BatchedAdam(params, lr)
-    states = [_RowState(j) for j in jobs]
-    thresholds = [[t[3] for t in e.terms] for e in encoded]
-    pad_id = int(lm.tokenizer.pad_token_id or 0)
+    def _out_of_memory(self, running: list[_Job], exc: BaseException) -> None:
+        self.stats.out_of_memory += 1
+        self._members = None
+        if self.lm.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(running) == 1:
+            log.warning("job %s ran out of memory alone: %s", running[0].enc.job.job_id, exc)
+            running[0].state.reason = "out_of_memory"
+            return
+        paused = self.sched.shrink()
+        self.stats.paused += len(paused)
+        log.warning(
+            "out of memory with %d jobs; pausing %d and retrying (budget now %s tokens, %s rows)",
+            len(running),
+            len(paused),
+            self.sched.token_budget,
+            self.sched.max_rows,
+        )
 
-    live = list(range(J))
-    batch, batch_rows = None, None
-    while live:
-        sub = torch.tensor(live, device=device)
-        if batch_rows != live:
-            # Finished jobs leave the batch, so their sequences cost nothing more.
-            batch, batch_rows = collate([encoded[i] for i in live], pad_id, device), list(live)
-        assert batch is not None
-        p = params[sub].clone().requires_grad_(True)
-        steer = BatchSteering(p, meta.select(sub), batch.row_job, positions=batch.positions)
-        out = batch_losses(lm, batch, steer, coldness[sub], log_base[sub], normalize[sub])
+    def _statics(self, running: list[_Job]) -> tuple[Any, ...]:
+        """Collated batch, steering metadata and prefix states; rebuilt when membership changes."""
+        members = [j.enc.job.job_id for j in running]
+        if members == self._members and self._static is not None:
+            return self._static
+        lm, device = self.lm, self.lm.device
+        batch = collate([j.enc for j in running], self.pad_id, device)
+        meta = JobMeta.build(
+            [j.enc.layers for j in running],
+            [j.enc.job.intervention for j in running],
+            lm.n_layers,
+            device,
+        )
+        row_layer = [j.layer for j in running for _ in j.enc.seqs]
+        prefix = None
+        if self.reuse:
+            self._capture([j for j in running if j.prefix is None])
+            parts = [j.prefix for j in running if j.prefix is not None]
+            prefix = assemble(lm, parts, batch.input_ids.shape)
+        real = int(batch.attention_mask.sum())
+        self._members, self._static = members, (batch, meta, row_layer, prefix, real)
+        return self._static
+
+    def _capture(self, new: list[_Job]) -> None:
+        if not new:
+            return
+        batch = collate([j.enc for j in new], self.pad_id, self.lm.device)
+        row_layer = [j.layer for j in new for _ in j.enc.seqs]
+        states = capture(self.lm, batch.input_ids, batch.attention_mask, row_layer)
+        lengths = [max(len(s.ids) for s in j.enc.seqs) for j in new]
+        for j, part in zip(
+            new, split(states, [len(j.enc.seqs) for j in new], lengths), strict=True
+        ):
+            j.prefix = part
+
+    def _step(self, running: list[_Job]) -> list[_Job]:
+        """One evaluation (and, for jobs that go on, one Adam step) of every running job."""
+        lm, device = self.lm, self.lm.device
+        batch, meta, row_layer, prefix, real = self._statics(running)
+        R = meta.max_rank
+        for j in running:
+            if not j.initialized:
+                j.params = j.params.to(device)
+                j.m, j.v, j.mask = j.m.to(device), j.v.to(device), j.mask.to(device)
+                one = torch.tensor([j.rank], device=device)
+                project(j.params[None], torch.tensor([j.bound], device=device), one)
+                j.initialized = True
+        params = torch.stack([_pack(j.params, j.rank, R) for j in running])
+
+        def per_job(values: list[float]) -> Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device)
+
+        settings = [j.enc.job.loss for j in running]
+        p = params.clone().requires_grad_(True)
+        steer = BatchSteering(p, meta, batch.row_job, positions=batch.positions)
+        coldness = per_job([s.coldness for s in settings])
+        log_base = per_job([s.log_base for s in settings])
+        normalize = per_job([float(s.normalize_by_length) for s in settings])
+        if prefix is not None:
+            with resume(lm, prefix, row_layer):
+                out = batch_losses(lm, batch, steer, coldness, log_base, normalize)
+        else:
+            out = batch_losses(lm, batch, steer, coldness, log_base, normalize)
         losses = out.job_loss.detach().cpu().tolist()
         norms = p.detach()[:, 0].norm(dim=-1).cpu().tolist()
         per_term = out.term_loss.detach().cpu().tolist()
         term_job = batch.term_job.cpu().tolist()
-        stepping = []
-        for row, i in enumerate(live):
+        # Stopping is decided on copies, so an out-of-memory error in the
+        # backward pass below leaves every job exactly as it was.
+        after = []
+        for row, j in enumerate(running):
             mine = [x for x, jj in zip(per_term, term_job, strict=True) if jj == row]
-            states[i].norms.append(norms[row])
-            states[i].observe(losses[row], mine, thresholds[i])
-            if states[i].reason is None:
-                stepping.append(row)
+            state = copy.deepcopy(j.state)
+            state.norms.append(norms[row])
+            state.observe(losses[row], mine, j.thresholds)
+            after.append(state)
+        stepping = [row for row, st in enumerate(after) if st.reason is None]
         if stepping:
             rows = torch.tensor(stepping, device=device)
             out.job_loss[rows].sum().backward()
+        for j, st in zip(running, after, strict=True):
+            j.state = st
+        self.stats.real_tokens += real
+        self.stats.padded_tokens += batch.input_ids.numel()
+        if stepping:
             assert p.grad is not None
-            grad = p.grad * grad_mask[sub]
+            mask = torch.stack([_pack(j.mask, j.rank, R) for j in running])
+            grad = p.grad * mask
             finite = torch.isfinite(grad).flatten(1).all(dim=1)
-            go = torch.zeros(len(live), dtype=torch.bool, device=device)
+            go = torch.zeros(len(running), dtype=torch.bool, device=device)
             go[rows] = True
             for row in (go & ~finite).nonzero().flatten().tolist():
-                states[live[row]].reason = "nonfinite"
+                running[row].state.reason = "nonfinite"
             go &= finite
-            full_go = torch.zeros(J, dtype=torch.bool, device=device)
-            full_go[sub[go]] = True
-            full_grad = torch.zeros_like(params)
-            full_grad[sub] = torch.nan_to_num(grad)
-            adam.step(params, full_grad, full_go)
-            project(params, bound, meta.ranks)
-        live = [i for i in live if states[i].reason is None]
+            m = torch.stack([_pack(j.m, j.rank, R) for j in running])
+            v = torch.stack([_pack(j.v, j.rank, R) for j in running])
+            steps = torch.tensor([j.steps for j in running], dtype=torch.float64, device=device)
+            lr = per_job([j.enc.job.lr for j in running])
+            bound = per_job([j.bound for j in running])
+            with torch.no_grad():
+                adam_step(params, torch.nan_to_num(grad), m, v, steps, lr, go)
+                project(params, bound, meta.ranks)
+            for row, j in enumerate(running):
+                if bool(go[row]):
+                    j.params = _unpack(params[row], j.rank, R).clone()
+                    j.m = _unpack(m[row], j.rank, R).clone()
+                    j.v = _unpack(v[row], j.rank, R).clone()
+                    j.steps = float(steps[row])
+        return [j for j in running if j.state.reason is not None]
 
-    results = []
-    for i, (job, state) in enumerate(zip(jobs, states, strict=True)):
-        vec = params[i, 0].detach().cpu().numpy().astype(np.float32)
-        factors, r = None, int(meta.ranks[i])
+    def _result(self, j: _Job) -> VectorResult:
+        job, state = j.enc.job, j.state
+        vec = j.params[0].detach().cpu().numpy().astype(np.float32)
+        factors, r = None, j.rank
         if r:
-            a = params[i, 1 : 1 + r].detach().cpu().numpy().astype(np.float32)
-            b = params[i, 1 + R : 1 + R + r].detach().cpu().numpy().astype(np.float32)
+            a = j.params[1 : 1 + r].detach().cpu().numpy().astype(np.float32)
+            b = j.params[1 + r : 1 + 2 * r].detach().cpu().numpy().astype(np.float32)
             factors = (a, b)
-        results.append(
-            VectorResult(
-                job_id=job.job_id,
-                vector=vec,
-                layers=encoded[i].layers,
-                loss_history=state.history,
-                target_losses=state.target_losses,
-                iterations=len(state.history) - 1,
-                stop_reason=state.reason or "max_iters",
-                final_norm=float(np.linalg.norm(vec)),
-                seed=job.seed,
-                log_base=job.loss.log_base,
-                factors=factors,
-                norm_history=state.norms,
-            )
+        return VectorResult(
+            job_id=job.job_id,
+            vector=vec,
+            layers=j.enc.layers,
+            loss_history=state.history,
+            target_losses=state.target_losses,
+            iterations=max(len(state.history) - 1, 0),
+            stop_reason=state.reason or "max_iters",
+            final_norm=float(np.linalg.norm(vec)),
+            seed=job.seed,
+            log_base=job.loss.log_base,
+            factors=factors,
+            norm_history=state.norms,
         )
-    return results

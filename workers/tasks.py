@@ -36,7 +36,9 @@ from workers.transfer import (
 
 log = logging.getLogger(__name__)
 
-METRICS = ("target_logprob", "choice_flip", "judge", "side_effect_kl")
+# "surprisal": the worker returns its greedy generations (``VectorOutcome.generations``);
+# the orchestrator has them scored by the surprisal model's own actors.
+METRICS = ("target_logprob", "choice_flip", "judge", "side_effect_kl", "surprisal")
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class VectorOutcome:
 
 
 def _optimize_isolated(
-    lm: LoadedModel, tasks: Sequence[VectorTask]
+    lm: LoadedModel, tasks: Sequence[VectorTask], max_batch_jobs: int | None = None
 ) -> dict[str, VectorResult | str]:
     """Optimize ``tasks`` together; if the batch raises, retry each alone so one
     bad job cannot fail its neighbours. Returns a result or an error per vector id."""
@@ -89,7 +91,7 @@ def _optimize_isolated(
     def run(group: Sequence[VectorTask]) -> list[VectorResult]:
         plain = [t for t in group if t.reentrant is None]
         reent = [t for t in group if t.reentrant is not None]
-        out = optimize(lm, [t.job for t in plain]) if plain else []
+        out = optimize(lm, [t.job for t in plain], max_batch_jobs=max_batch_jobs) if plain else []
         if reent:
             out += [r.stage2 for r in optimize_reentrant(lm, [t.reentrant for t in reent])]  # type: ignore[misc]
         by_id = {r.job_id: r for r in out}
@@ -107,7 +109,7 @@ def _optimize_isolated(
         log.warning("a batch of %d failed (%s); retrying each job alone", len(tasks), exc)
         merged: dict[str, VectorResult | str] = {}
         for task in tasks:
-            merged.update(_optimize_isolated(lm, [task]))
+            merged.update(_optimize_isolated(lm, [task], max_batch_jobs))
         return merged
 
 
@@ -136,10 +138,11 @@ def _evaluate(
         )
     if "choice_flip" in spec.metrics:
         rows += choice_flips(lm, vectors, examples, batch_size=spec.batch_size)
-    if "judge" in spec.metrics:
+    if "judge" in spec.metrics or "surprisal" in spec.metrics:
         gens = generations(
             lm, vectors, examples, n_tokens=spec.generation_tokens, batch_size=spec.batch_size
         )
+    if "judge" in spec.metrics:
         judges: list[Judge] = []
         if spec.judge_contains_any:
             judges.append(ContainsAny(spec.judge_contains_any))
@@ -173,10 +176,13 @@ def run_tasks(
     spec: EvalSpec,
     tasks: Sequence[VectorTask],
     cache: dict[tuple[str, float], list[float]] | None = None,
+    max_batch_jobs: int | None = None,
 ) -> list[VectorOutcome]:
     """Validate, optimize and evaluate a batch of tasks; one outcome per task, in order.
 
-    ``cache`` keeps unsteered values between calls (see ``target_logprobs``)."""
+    At most ``max_batch_jobs`` vectors are optimized at once (continuous
+    batching: a finished row takes the next task). ``cache`` keeps unsteered
+    values between calls (see ``target_logprobs``)."""
     outcomes = {t.vector_id: VectorOutcome(t.vector_id, t.trial, t.example_id) for t in tasks}
     valid = []
     for task in tasks:
@@ -186,7 +192,7 @@ def run_tasks(
         except JobError as exc:
             outcomes[task.vector_id].error = str(exc)
     started = time.perf_counter()
-    results = _optimize_isolated(lm, valid) if valid else {}
+    results = _optimize_isolated(lm, valid, max_batch_jobs) if valid else {}
     opt_s = (time.perf_counter() - started) / max(len(valid), 1)
     vectors, jobs_by_id = [], {}
     for task in valid:
@@ -197,8 +203,8 @@ def run_tasks(
             out.error = res
             continue
         out.result = res
-        if res.stop_reason == "nonfinite":
-            out.error = f"nonfinite loss after {res.iterations} steps"
+        if res.stop_reason in ("nonfinite", "out_of_memory"):
+            out.error = f"{res.stop_reason.replace('_', ' ')} after {res.iterations} steps"
             continue
         job = task.job if task.reentrant is None else task.reentrant.stage2
         jobs_by_id[task.vector_id] = job

@@ -41,6 +41,7 @@ from workers.jobs import (
 from workers.judges import Judge
 from workers.losses import final_hidden, logits_at, token_logprobs
 from workers.models import LoadedModel
+from workers.prefix import assemble, block_output_format, capture, resume, split
 
 
 @dataclass(frozen=True)
@@ -120,25 +121,73 @@ def _chunks(n: int, size: int) -> list[range]:
 
 
 @torch.no_grad()
+def _prefixes(
+    lm: LoadedModel, encoded: Sequence[EncodedJob], layers: set[int], batch_size: int
+) -> dict[tuple[int, int], Tensor]:
+    """Unsteered states entering each block in ``layers``, per (encoded job, layer).
+
+    They are shared by every vector steering at that layer (prefix reuse)."""
+    pad = int(lm.tokenizer.pad_token_id or 0)
+    out: dict[tuple[int, int], Tensor] = {}
+    for layer in sorted(layers):
+        for chunk in _chunks(len(encoded), batch_size):
+            jobs = [encoded[i] for i in chunk]
+            batch = collate(jobs, pad, lm.device)
+            states = capture(
+                lm, batch.input_ids, batch.attention_mask, [layer] * len(batch.row_job)
+            )
+            lengths = [max(len(s.ids) for s in e.seqs) for e in jobs]
+            parts = split(states, [len(e.seqs) for e in jobs], lengths)
+            for i, part in zip(chunk, parts, strict=True):
+                out[(i, layer)] = part
+    return out
+
+
+@torch.no_grad()
 def _target_logprobs(
     lm: LoadedModel,
     encoded: Sequence[EncodedJob],
-    steer: tuple[VectorRows, Sequence[int]] | None,
+    steer: tuple[VectorRows, Sequence[int], Sequence[int]] | None,
     coldness: float,
     batch_size: int,
 ) -> list[list[float]]:
-    """Natural-log probability of every target of every encoded job, per job."""
+    """Natural-log probability of every target of every encoded job, per job.
+
+    ``steer`` is ``(vectors, vector of each job, example of each job)``: jobs
+    of one example share its token ids, so the blocks below a vector's layer
+    run once per (example, layer) rather than once per pair.
+    """
     out: list[list[float]] = []
     pad = int(lm.tokenizer.pad_token_id or 0)
     cold = torch.full((len(encoded),), coldness, device=lm.device)
+    cached: dict[tuple[int, int], Tensor] = {}
+    reuse = steer is not None and block_output_format(lm) is not None
+    if steer is not None and reuse:
+        pairs, vec_idx, ex_idx = steer
+        firsts = {min(v.layers) for v in pairs.vectors}
+        by_example = {e: encoded[i] for i, e in enumerate(ex_idx)}
+        order = sorted(by_example)
+        found = _prefixes(lm, [by_example[e] for e in order], firsts, batch_size)
+        cached = {(order[k], layer): t for (k, layer), t in found.items()}
     for chunk in _chunks(len(encoded), batch_size):
         batch = collate([encoded[i] for i in chunk], pad, lm.device)
-        bsteer: BatchSteering | None = None
-        if steer is not None:
-            pairs, vec_idx = steer
+        if steer is None:
+            hidden = final_hidden(lm, batch.input_ids, batch.attention_mask, None)
+        else:
+            pairs, vec_idx, ex_idx = steer
             params, meta = pairs.select([vec_idx[i] for i in chunk])
             bsteer = BatchSteering(params, meta, batch.row_job, positions=batch.positions)
-        hidden = final_hidden(lm, batch.input_ids, batch.attention_mask, bsteer)
+            if reuse:
+                firsts_of = [min(pairs.vectors[vec_idx[i]].layers) for i in chunk]
+                parts = [cached[(ex_idx[i], f)] for i, f in zip(chunk, firsts_of, strict=True)]
+                prefix = assemble(lm, parts, batch.input_ids.shape)
+                row_layer = [
+                    f for i, f in zip(chunk, firsts_of, strict=True) for _ in encoded[i].seqs
+                ]
+                with resume(lm, prefix, row_layer):
+                    hidden = final_hidden(lm, batch.input_ids, batch.attention_mask, bsteer)
+            else:
+                hidden = final_hidden(lm, batch.input_ids, batch.attention_mask, bsteer)
         lp = token_logprobs(lm, hidden, batch, cold[: len(chunk)])
         per_term = torch.zeros(batch.term_job.shape[0], device=lm.device).index_add(
             0, batch.tok_term, lp
@@ -197,7 +246,7 @@ def target_logprobs(
             vec_idx.append(vi)
             pair_ex.append(ei)
     steered = _target_logprobs(
-        lm, pair_enc, (VectorRows(lm, vectors), vec_idx), coldness, batch_size
+        lm, pair_enc, (VectorRows(lm, vectors), vec_idx, pair_ex), coldness, batch_size
     )
     scale = 1.0 / math.log(log_base)
     rows = []

@@ -7,72 +7,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from jobsets import PROMPTS, eight_jobs
 from reference import adding
 
 from workers.jobs import (
-    Intervention,
-    LossSettings,
     ScoredPrompt,
     StopRules,
     Target,
-    TokenSelection,
     VectorJob,
     chat,
 )
 from workers.optimizer import optimize
-
-PROMPTS = [
-    chat("What is the capital of France?"),
-    "Hello world",
-    chat("Option A or option B: choose the safer action."),
-    "The quick brown fox jumps over the lazy dog. Thank you so much, this is wonderful!",
-    chat("Steering vectors move the residual stream."),
-    "Sure",
-    chat("Hello"),
-    "I cannot help with that request. What is the capital?",
-]
-
-
-def eight_jobs() -> list[VectorJob]:
-    """Eight rows that differ in every per-row setting, including their lengths."""
-    kinds = [
-        [Target("Paris is lovely.", "promote")],
-        [Target(" Just kidding!", "suppress")],
-        [Target("A", "promote"), Target("B", "suppress")],
-        [Target(" Sure, here is", "promote", weight=2.0)],
-        [Target("I cannot help with that request.", "suppress")],
-        [Target(", here is a short answer.", "promote")],
-        [Target("Thank you", "promote"), Target("Hello", "promote")],
-        [Target(" Paris", "promote")],
-    ]
-    interventions = [Intervention()] * 5 + [
-        Intervention("clamp", clamp_coef=0.5),
-        Intervention("affine", rank=1, affine_additive=True),
-        Intervention("affine", rank=2),
-    ]
-    tokens = [TokenSelection()] * 3 + [
-        TokenSelection("prompt"),
-        TokenSelection("last_k", k=3),
-        TokenSelection("positions", positions=(0, -1)),
-        TokenSelection(),
-        TokenSelection(),
-    ]
-    return [
-        VectorJob(
-            job_id=f"job{i}",
-            prompts=(ScoredPrompt(PROMPTS[i], tuple(kinds[i])),),
-            layers=(i % 4,) if i != 7 else (1, 3),
-            lr=[0.05, 0.1, 0.2][i % 3],
-            norm_bound=[None, 4.0, 8.0, 2.0][i % 4],
-            init_norm=1.0 + i / 4,
-            seed=100 + i,
-            intervention=interventions[i],
-            tokens=tokens[i],
-            loss=LossSettings(normalize_by_length=i % 2 == 1),
-            stop=StopRules(max_iters=6 + i, eps=None),
-        )
-        for i in range(8)
-    ]
 
 
 def test_batched_vectors_equal_solo_vectors(tiny_llama) -> None:
@@ -238,8 +183,8 @@ def test_vectors_are_reproducible_from_their_record(tiny_llama) -> None:
     assert first.norm_history[0] == pytest.approx(2.5, rel=1e-6)
 
 
-def test_progress_is_reported_per_batch(tiny_llama) -> None:
+def test_progress_is_reported_per_job(tiny_llama) -> None:
     seen: list[tuple[int, int]] = []
     jobs = [_job(f"p{i}", StopRules(max_iters=1), seed=i) for i in range(5)]
     optimize(tiny_llama, jobs, max_batch_jobs=2, progress=lambda d, t: seen.append((d, t)))
-    assert seen == [(2, 5), (4, 5), (5, 5)]
+    assert seen == [(i, 5) for i in range(1, 6)]
