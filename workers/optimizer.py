@@ -129,6 +129,12 @@ class _RowState:
         self.target_losses: list[float] = []
         self.norms: list[float] = []
 
+    def snapshot(self) -> _RowState:
+        """A copy whose lists are its own; the job is shared, not copied."""
+        out = copy.copy(self)
+        out.history, out.norms = list(self.history), list(self.norms)
+        return out
+
     def observe(self, loss: float, term_losses: list[float], thresholds: list[float]) -> None:
         rules, t = self.job.stop, len(self.history)
         self.history.append(loss)
@@ -159,32 +165,62 @@ def _job_rank(job: VectorJob) -> int:
     return job.intervention.rank if job.intervention.kind == "affine" else 0
 
 
-def _grad_mask(job: VectorJob, d_model: int) -> Tensor:
-    """1 where a job trains a slot, in its own ``(1 + 2 r, d)`` layout. Unused
-    slots get no gradient, so Adam keeps them at 0."""
+def _grad_mask(job: VectorJob, d_model: int, R: int) -> Tensor:
+    """1 where a job trains a slot of the ``(1 + 2 R, d)`` layout. Unused slots
+    get no gradient, so Adam keeps them at 0."""
     r = _job_rank(job)
-    mask = torch.zeros(1 + 2 * r, d_model)
+    mask = torch.zeros(1 + 2 * R, d_model)
     iv = job.intervention
     if iv.kind != "affine" or iv.affine_additive:
         mask[0] = 1
-    mask[1:] = 1
+    mask[1 : 1 + r] = 1
+    mask[1 + R : 1 + R + r] = 1
     return mask
 
 
-def _pack(t: Tensor, r: int, R: int) -> Tensor:
-    """A job's ``(1 + 2 r, d)`` slots laid out for a batch of rank ``R``."""
-    if r == R:
-        return t
-    out = t.new_zeros(1 + 2 * R, t.shape[-1])
-    out[: 1 + r] = t[: 1 + r]
-    out[1 + R : 1 + R + r] = t[1 + r :]
-    return out
+class _Bank:
+    """Optimizer state of every admitted job in fixed slots on the device.
 
+    A step gathers its rows' slots and scatters them back: two tensor ops,
+    however many jobs join or leave. A job keeps its slot while paused and
+    frees it when it stops.
+    """
 
-def _unpack(t: Tensor, r: int, R: int) -> Tensor:
-    if r == R:
-        return t
-    return torch.cat([t[: 1 + r], t[1 + R : 1 + R + r]])
+    def __init__(self, d_model: int, R: int, device: torch.device) -> None:
+        self.d, self.R, self.device = d_model, R, device
+        self.params = torch.zeros(0, 1 + 2 * R, d_model, device=device)
+        self.m = torch.zeros_like(self.params)
+        self.v = torch.zeros_like(self.params)
+        self.mask = torch.zeros_like(self.params)
+        self.steps = torch.zeros(0, dtype=torch.float64, device=device)
+        self.free: list[int] = []
+
+    def take(self, job: VectorJob, bound: float, rank: int) -> int:
+        if not self.free:
+            grow = max(len(self.steps), 8)
+            n = len(self.steps)
+            pad = torch.zeros(grow, *self.params.shape[1:], device=self.device)
+            self.params, self.m, self.v, self.mask = (
+                torch.cat([t, pad]) for t in (self.params, self.m, self.v, self.mask)
+            )
+            self.steps = torch.cat([self.steps, self.steps.new_zeros(grow)])
+            self.free = list(range(n + grow - 1, n - 1, -1))
+        slot = self.free.pop()
+        start = initial_params(job, self.d, self.R).to(self.device)
+        project(
+            start[None],
+            torch.tensor([bound], device=self.device),
+            torch.tensor([rank], device=self.device),
+        )
+        self.params[slot] = start
+        self.m[slot] = 0
+        self.v[slot] = 0
+        self.steps[slot] = 0
+        self.mask[slot] = _grad_mask(job, self.d, self.R).to(self.device)
+        return slot
+
+    def release(self, slot: int) -> None:
+        self.free.append(slot)
 
 
 ProgressFn = Callable[[int, int], None]
@@ -228,23 +264,19 @@ class EngineStats:
 
 
 class _Job:
-    """One job's optimizer state while it waits, runs or is paused."""
+    """One job while it waits, runs or is paused; its tensors live in the :class:`_Bank`."""
 
-    def __init__(self, enc: EncodedJob, d_model: int) -> None:
+    def __init__(self, enc: EncodedJob) -> None:
         job = enc.job
         self.enc = enc
         self.rank = _job_rank(job)
         self.layer = min(enc.layers)
-        self.params = initial_params(job, d_model, self.rank)
-        self.m = torch.zeros_like(self.params)
-        self.v = torch.zeros_like(self.params)
-        self.steps = 0.0
-        self.mask = _grad_mask(job, d_model)
         self.bound = job.norm_bound if job.norm_bound is not None else math.inf
         self.state = _RowState(job)
         self.thresholds = [t[3] for t in enc.terms]
         self.prefix: Tensor | None = None  # (S_j, T_j, d) entering block ``layer``
-        self.initialized = False
+        self.slot: int | None = None
+        self.final: tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None] | None = None
 
     def request(self) -> Request:
         lengths = [len(s.ids) for s in self.enc.seqs]
@@ -309,8 +341,9 @@ class _Engine:
         self._static: tuple[Any, ...] | None = None
 
     def run(self, encoded: list[EncodedJob], progress: ProgressFn | None) -> list[VectorResult]:
-        d = self.lm.d_model
-        jobs = {e.job.job_id: _Job(e, d) for e in encoded}
+        jobs = {e.job.job_id: _Job(e) for e in encoded}
+        R = max((j.rank for j in jobs.values()), default=0)
+        self.bank = _Bank(self.lm.d_model, R, self.lm.device)
         self.stats.prefix_reuse = self.reuse
         self.sched.add(j.request() for j in jobs.values())
         capacity = self.sched.max_rows or max(len(jobs), 1)
@@ -318,6 +351,9 @@ class _Engine:
         while not self.sched.idle:
             self.sched.admit()
             running = [jobs[r.key] for r in self.sched.running]
+            for j in running:
+                if j.slot is None:
+                    j.slot = self.bank.take(j.enc.job, j.bound, j.rank)
             try:
                 if self.fault is not None:
                     self.fault([j.enc.job.job_id for j in running])
@@ -333,11 +369,25 @@ class _Engine:
                 self.stats.slot_steps += capacity
             for job in finished:
                 self.sched.finish(job.enc.job.job_id)
-                job.prefix = None
+                self._retire(job)
                 done += 1
                 if progress is not None:
                     progress(done, len(jobs))
         return [self._result(jobs[e.job.job_id]) for e in encoded]
+
+    def _retire(self, j: _Job) -> None:
+        """Copy a stopped job's parameters off the device and free its slot."""
+        assert j.slot is not None
+        slots = self.bank.params[j.slot].detach().cpu()
+        vec = slots[0].numpy().astype(np.float32)
+        factors, r, R = None, j.rank, self.bank.R
+        if r:
+            a = slots[1 : 1 + r].numpy().astype(np.float32)
+            b = slots[1 + R : 1 + R + r].numpy().astype(np.float32)
+            factors = (a, b)
+        j.final = (vec, factors)
+        self.bank.release(j.slot)
+        j.slot, j.prefix = None, None
 
     def _out_of_memory(self, running: list[_Job], exc: BaseException) -> None:
         self.stats.out_of_memory += 1
@@ -395,17 +445,10 @@ class _Engine:
 
     def _step(self, running: list[_Job]) -> list[_Job]:
         """One evaluation (and, for jobs that go on, one Adam step) of every running job."""
-        lm, device = self.lm, self.lm.device
+        lm, device, bank = self.lm, self.lm.device, self.bank
         batch, meta, row_layer, prefix, real = self._statics(running)
-        R = meta.max_rank
-        for j in running:
-            if not j.initialized:
-                j.params = j.params.to(device)
-                j.m, j.v, j.mask = j.m.to(device), j.v.to(device), j.mask.to(device)
-                one = torch.tensor([j.rank], device=device)
-                project(j.params[None], torch.tensor([j.bound], device=device), one)
-                j.initialized = True
-        params = torch.stack([_pack(j.params, j.rank, R) for j in running])
+        slots = torch.tensor([j.slot for j in running], device=device)
+        params = bank.params[slots]
 
         def per_job(values: list[float]) -> Tensor:
             return torch.tensor(values, dtype=torch.float32, device=device)
@@ -423,16 +466,18 @@ class _Engine:
             out = batch_losses(lm, batch, steer, coldness, log_base, normalize)
         losses = out.job_loss.detach().cpu().tolist()
         norms = p.detach()[:, 0].norm(dim=-1).cpu().tolist()
-        per_term = out.term_loss.detach().cpu().tolist()
-        term_job = batch.term_job.cpu().tolist()
-        # Stopping is decided on copies, so an out-of-memory error in the
+        terms: list[list[float]] = [[] for _ in running]
+        for x, row in zip(
+            out.term_loss.detach().cpu().tolist(), batch.term_job.tolist(), strict=True
+        ):
+            terms[row].append(x)
+        # Stopping is decided on snapshots, so an out-of-memory error in the
         # backward pass below leaves every job exactly as it was.
         after = []
         for row, j in enumerate(running):
-            mine = [x for x, jj in zip(per_term, term_job, strict=True) if jj == row]
-            state = copy.deepcopy(j.state)
+            state = j.state.snapshot()
             state.norms.append(norms[row])
-            state.observe(losses[row], mine, j.thresholds)
+            state.observe(losses[row], terms[row], j.thresholds)
             after.append(state)
         stepping = [row for row, st in enumerate(after) if st.reason is None]
         if stepping:
@@ -444,38 +489,27 @@ class _Engine:
         self.stats.padded_tokens += batch.input_ids.numel()
         if stepping:
             assert p.grad is not None
-            mask = torch.stack([_pack(j.mask, j.rank, R) for j in running])
-            grad = p.grad * mask
+            grad = p.grad * bank.mask[slots]
             finite = torch.isfinite(grad).flatten(1).all(dim=1)
             go = torch.zeros(len(running), dtype=torch.bool, device=device)
             go[rows] = True
             for row in (go & ~finite).nonzero().flatten().tolist():
                 running[row].state.reason = "nonfinite"
             go &= finite
-            m = torch.stack([_pack(j.m, j.rank, R) for j in running])
-            v = torch.stack([_pack(j.v, j.rank, R) for j in running])
-            steps = torch.tensor([j.steps for j in running], dtype=torch.float64, device=device)
+            m, v, steps = bank.m[slots], bank.v[slots], bank.steps[slots]
             lr = per_job([j.enc.job.lr for j in running])
             bound = per_job([j.bound for j in running])
             with torch.no_grad():
                 adam_step(params, torch.nan_to_num(grad), m, v, steps, lr, go)
                 project(params, bound, meta.ranks)
-            for row, j in enumerate(running):
-                if bool(go[row]):
-                    j.params = _unpack(params[row], j.rank, R).clone()
-                    j.m = _unpack(m[row], j.rank, R).clone()
-                    j.v = _unpack(v[row], j.rank, R).clone()
-                    j.steps = float(steps[row])
+                bank.params[slots], bank.m[slots], bank.v[slots] = params, m, v
+                bank.steps[slots] = steps
         return [j for j in running if j.state.reason is not None]
 
     def _result(self, j: _Job) -> VectorResult:
         job, state = j.enc.job, j.state
-        vec = j.params[0].detach().cpu().numpy().astype(np.float32)
-        factors, r = None, j.rank
-        if r:
-            a = j.params[1 : 1 + r].detach().cpu().numpy().astype(np.float32)
-            b = j.params[1 + r : 1 + 2 * r].detach().cpu().numpy().astype(np.float32)
-            factors = (a, b)
+        assert j.final is not None
+        vec, factors = j.final
         return VectorResult(
             job_id=job.job_id,
             vector=vec,
