@@ -2,10 +2,16 @@
 
 Usage: python bench/driver_capacity.py [--trials 2000] [--actors 16] [--seconds 0.5]
 
-Fake workers (threads, no model) take ``--seconds`` per trial (one vector per
+Fake workers (threads, no model) take ``--seconds`` per vector (one vector per
 trial); the real driver runs TPE (constant liar) ask/tell, the scheduler and
-the local Parquet store. Prints the share of time actors sat idle waiting on
-the driver, and ask/tell latency (mean, and the mean over the last 100 trials).
+the local Parquet store, exactly as ``steer-sweep run`` does.
+
+Idle share: every actor records when each of its batches started and ended.
+From the first batch of the study to the last batch handed out (after that
+there is nothing left to give), the share of actor time without a batch is
+time an actor waited on the driver. Also printed: the share over the whole
+run (setup and the tail included), and the driver's ask and tell latency
+(mean, and mean over the last 100).
 """
 
 from __future__ import annotations
@@ -29,13 +35,25 @@ class TimedWorker(FakeWorker):
     def __init__(self, transfer_ids: list[str], seconds: float) -> None:
         super().__init__(transfer_ids, delay=0.0)
         self.seconds = seconds
-        self.busy = 0.0
+        self.spans: dict[int, list[tuple[float, float]]] = {}
 
     def __call__(self, key, tasks):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
         time.sleep(self.seconds * len(tasks))
+        out = [self.outcome(t) for t in tasks]
         with self.lock:
-            self.busy += self.seconds * len(tasks)
-        return [self.outcome(t) for t in tasks]
+            self.spans.setdefault(key, []).append((start, time.perf_counter()))
+        return out
+
+
+def idle_share(spans: dict[int, list[tuple[float, float]]], n_actors: int) -> float:
+    """Share of actor time without a batch, from the first batch start to the last."""
+    starts = [s for v in spans.values() for s, _ in v]
+    lo, hi = min(starts), max(starts)
+    busy = 0.0
+    for v in spans.values():
+        busy += sum(max(0.0, min(e, hi) - max(s, lo)) for s, e in v)
+    return 1 - busy / (n_actors * (hi - lo))
 
 
 def main() -> None:
@@ -62,21 +80,26 @@ def main() -> None:
         plan = prepare(cfg)
         worker = TimedWorker([e.id for e in plan.transfer], args.seconds)
         pool = LocalPool(worker, args.actors)
-        started = time.perf_counter()
+        started, cpu0 = time.perf_counter(), time.process_time()
         summary = run_study(cfg, pool=pool, show_progress=False)
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
         pool.shutdown()
+    busy = sum(e - s for v in worker.spans.values() for s, e in v)
     ideal = args.trials * args.seconds / args.actors
-    idle = 1 - worker.busy / (args.actors * wall)
-    t = summary.seconds
+    t, lat = summary.seconds, summary.latency_ms
     print(f"{args.trials} TPE trials, {args.actors} fake actors at {args.seconds} s/trial")
-    print(f"wall {wall:.1f} s (ideal {ideal:.1f} s); actors idle {idle:.1%} of the time")
     print(
-        f"driver: ask+tell {t['ask_tell']:.1f} s total = {t['ask_tell'] / args.trials * 1000:.1f} ms/trial; "
-        f"store writes {t['write']:.1f} s = {t['write'] / args.trials * 1000:.1f} ms/trial"
+        f"wall {wall:.1f} s (ideal {ideal:.1f} s), driver process CPU {cpu:.1f} s; actors idle "
+        f"{idle_share(worker.spans, args.actors):.1%} while work remained "
+        f"({1 - busy / (args.actors * wall):.1%} of the whole run, setup and tail included)"
     )
     print(
-        f"ask+tell latency over the last 100 trials: {summary.seconds.get('ask_tell_last100_ms', float('nan')):.1f} ms"
+        f"ask {lat['ask_mean']:.1f} ms mean, {lat['ask_last100']:.1f} ms over the last 100; "
+        f"tell {lat['tell_mean']:.2f} ms mean, {lat['tell_last100']:.2f} ms over the last 100"
+    )
+    print(
+        f"driver totals: ask {t['ask']:.1f} s, tell {t['tell']:.1f} s; store writes "
+        f"{t['write']:.1f} s on background threads = {t['write'] / args.trials * 1000:.1f} ms/trial"
     )
 
 

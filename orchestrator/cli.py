@@ -62,6 +62,20 @@ def _optimize_args(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=C.cmd_optimize)
 
 
+def _change_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="the study exists with a smaller n_trials: raise it and run the new trials",
+    )
+    p.add_argument(
+        "--force-config",
+        action="store_true",
+        help="the study exists with another config: accept this one (the old one is kept "
+        "in the store under _studies/STUDY/history/)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="steer-sweep", description="Distributed sweeps of one-shot LLM steering vectors."
@@ -80,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="study YAML")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. n_trials=20")
+    _change_args(p)
     p.set_defaults(func=C.cmd_run)
 
     p = sub.add_parser("status", help="trials and vectors of a study, from the store")
@@ -91,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     _root_args(p)
     p.add_argument("--top", type=int, default=10)
     p.set_defaults(func=C.cmd_best)
+
+    p = sub.add_parser(
+        "report",
+        help="write report.html (PNG figures) and summary.parquet, from the store",
+        description=(
+            "Read a study from the store only (never a running study) and write report.html, "
+            "its figures under figures/ and summary.parquet to --out."
+        ),
+    )
+    _root_args(p)
+    p.add_argument("--out", help="output folder (default: report-STUDY)")
+    p.add_argument("--top", type=int, default=10, help="vectors in the top table and similarity")
+    p.add_argument("--embed", action="store_true", help="inline the PNGs: one self-contained file")
+    p.set_defaults(func=C.cmd_report)
 
     p = sub.add_parser("compact", help="merge a study's small Parquet files")
     _root_args(p)
@@ -119,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submission-id", default=None)
     p.add_argument("--no-wait", action="store_true", help="return once submitted")
     p.add_argument("--dry-run", action="store_true", help="print the command only")
+    _change_args(p)
     p.set_defaults(func=C.cmd_submit)
 
     _optimize_args(sub)

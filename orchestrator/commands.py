@@ -38,7 +38,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.runner import run_study
 
     cfg = load_config(args.config, args.overrides)
-    summary = run_study(cfg, show_progress=not args.quiet)
+    summary = run_study(
+        cfg, show_progress=not args.quiet, extend=args.extend, force_config=args.force_config
+    )
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items()))
     print(
         f"study {summary.study}: {summary.resumed + summary.told}/{summary.n_trials} trials "
@@ -55,6 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(
         f"results: {summary.store}\n  steer-sweep status {cfg.name} --root {cfg.store.root}"
         f"\n  steer-sweep best {cfg.name} --root {cfg.store.root}"
+        f"\n  steer-sweep report {cfg.name} --root {cfg.store.root}"
     )
     failed = summary.states.get("FAIL", 0)
     return EXIT_OK if failed < summary.n_trials else EXIT_FAILED
@@ -127,6 +130,27 @@ def _pandas_wide() -> Any:
     return pd.option_context("display.width", 200, "display.max_columns", 20)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.report import build_report
+    from orchestrator.store.schemas import check_study_name
+
+    root, endpoint = _root(args)
+    try:
+        check_study_name(args.study)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    if args.top < 1:
+        raise BadInput(f"--top must be at least 1, got {args.top}")
+    out = args.out or f"report-{args.study}"
+    res = build_report(root, args.study, out, endpoint_url=endpoint, top=args.top, embed=args.embed)
+    if res.headline:
+        print(res.headline)
+    for name, why in res.missing.items():
+        print(f"  {name}: {why}")
+    print(f"wrote {res.html} ({len(res.figures)} figures) and {res.summary}")
+    return EXIT_OK
+
+
 def cmd_compact(args: argparse.Namespace) -> int:
     from orchestrator.store import compact
 
@@ -164,6 +188,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)  # fail here, not on the cluster
     env = {"pip": args.pip} if args.pip else {}
     entry = ["steer-sweep", "run", args.config, *args.overrides]
+    entry += ["--extend"] * args.extend + ["--force-config"] * args.force_config
     cmd = [
         "ray",
         "job",

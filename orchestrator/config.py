@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -52,6 +59,7 @@ class FloatRange(_Strict):
 IntParam = int | list[int] | IntRange
 FloatParam = float | list[float] | FloatRange
 LossKind = Literal["promote", "suppress", "mixed", "reentrant"]
+InterventionKind = Literal["add", "clamp"]  # affine is for workers.reentrant only
 
 
 class ModelConfig(_Strict):
@@ -66,6 +74,10 @@ class ModelConfig(_Strict):
     cpus_per_actor: float = Field(1.0, gt=0)
     torch_threads: int | None = Field(None, ge=1)
     max_batch_jobs: int = Field(16, ge=1)
+    # How Ray places the actors: "default" (Ray's own policy, which favours
+    # nodes already in use) or "spread" (Ray's SPREAD: across nodes, so a lost
+    # node takes as few actors with it as possible).
+    placement: Literal["default", "spread"] = "default"
 
 
 class TaskConfig(_Strict):
@@ -94,13 +106,32 @@ class SearchSpace(_Strict):
     init_norm: FloatParam = 1.0
     coldness: FloatParam = 0.7
     tokens: str | list[str] = "all"
-    intervention: str | list[str] = "add"
+    intervention: InterventionKind | list[InterventionKind] = "add"
     clamp_coef: FloatParam = 1.0
     reentrant_layer: int = 1
     reentrant_tokens: int = 10
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list: give at least one value")
+        return value
 
-MetricName = Literal["target_logprob", "choice_flip", "judge", "side_effect_kl"]
+    @field_validator("norm", "lr", "max_iters", "init_norm", "coldness", mode="after")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        if isinstance(value, (IntRange, FloatRange)):
+            values = [value.low, value.high]
+        else:
+            values = value if isinstance(value, list) else [value]
+        bad = [v for v in values if v is not None and not v > 0]
+        if bad:
+            raise ValueError("every value must be greater than 0")
+        return value
+
+
+MetricName = Literal["target_logprob", "choice_flip", "judge", "side_effect_kl", "surprisal"]
 
 
 def _default_metrics() -> list[MetricName]:
@@ -154,6 +185,9 @@ class StudyConfig(_Strict):
     trials_in_flight: int | None = Field(None, ge=1)
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
+    # The base model B of surprisal (§2.2): its own pool of actors, which score
+    # the steered model's generations; needed by evaluation.metrics surprisal.
+    surprisal_model: ModelConfig | None = None
     task: TaskConfig
     search: SearchSpace = Field(default_factory=SearchSpace)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -172,6 +206,14 @@ class StudyConfig(_Strict):
             raise ValueError("sampler nsga2 is for two or more objectives")
         if self.pruner.name != "none" and len(self.objectives) > 1:
             raise ValueError("pruning works with a single objective only")
+        scored = "surprisal" in self.evaluation.metrics
+        if scored and self.surprisal_model is None:
+            raise ValueError(
+                "evaluation.metrics has surprisal: set surprisal_model (the base model that "
+                "scores the steered generations, e.g. surprisal_model: {name: ...})"
+            )
+        if self.surprisal_model is not None and not scored:
+            raise ValueError("surprisal_model is set but evaluation.metrics has no surprisal")
         return self
 
 
@@ -209,7 +251,8 @@ def _describe(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"  {where}: unknown key")
         else:
-            lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {where}: {msg} (got {err.get('input')!r})")
     return f"invalid study config {source}:\n" + "\n".join(lines)
 
 

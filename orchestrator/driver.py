@@ -6,6 +6,12 @@ intermediate value (a pruner may stop the trial; its vectors are kept) ->
 objectives -> the store (trials row last, as the commit marker) -> tell.
 Results reach the store before Optuna hears of them, so a killed driver
 loses nothing that was told, and a rerun resumes from the store.
+
+With a surprisal model, a vector's outcome is held until the second pool has
+scored its generations (:mod:`orchestrator.scoring`). The loop hands out work
+before it asks: ``in_flight`` keeps a spare trial per worker, so a worker that
+finishes gets queued tasks at once, and the next ``ask`` (the expensive step:
+TPE rebuilds its model from every trial) happens after that.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from orchestrator.objectives import Objective, trial_value
 from orchestrator.pool import Pool, WorkerLost
 from orchestrator.preflight import Plan
 from orchestrator.scheduler import Scheduler, TrialWork
+from orchestrator.scoring import Scoring, needs_scores
 from orchestrator.search import STORE_TRIAL, create_study, distributions_json, retell
 from orchestrator.space import build_task, distributions, fixed_params
 from orchestrator.store import (
@@ -53,6 +60,8 @@ class RunSummary:
     vectors: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     best: list[dict[str, Any]] = field(default_factory=list)
+    # ask/tell latency: mean and mean of the last 100, in milliseconds
+    latency_ms: dict[str, float] = field(default_factory=dict)
 
 
 def _now() -> datetime:
@@ -69,25 +78,27 @@ class Driver:
         writer: StoreWriter,
         *,
         progress: Callable[[RunSummary, int], None] | None = None,
+        scoring: Scoring | None = None,
     ) -> None:
         cfg = plan.config
         self.plan, self.cfg, self.pool, self.writer = plan, cfg, pool, writer
         self.objectives = [Objective(**o.model_dump()) for o in cfg.objectives]
         self.dists = distributions(plan.space)
+        self.dists_json = distributions_json(self.dists)
         self.fixed = fixed_params(plan.space)
         self.scheduler = Scheduler()
+        self.scoring = scoring  # the surprisal model's pool, if the study has one
         self.progress = progress
         # Store writes run on a few threads so the loop keeps feeding workers;
         # Optuna is only told (on this thread) once a trial's write is done.
         self.writer_threads = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-write")
         self.writes: dict[cf.Future, tuple[TrialWork, TrialRecord, list, list]] = {}
         per_trial = cfg.vectors_per_trial
-        slots = len(pool.keys) * cfg.model.max_batch_jobs
+        n_workers = max(1, getattr(pool, "size", len(pool.keys)))  # all asked for, ready or not
+        slots = n_workers * cfg.model.max_batch_jobs
         # Enough trials that every worker has a full batch, plus one spare
         # trial per worker so a finishing worker never waits on the driver.
-        self.in_flight = cfg.trials_in_flight or max(1, math.ceil(slots / per_trial)) + len(
-            pool.keys
-        )
+        self.in_flight = cfg.trials_in_flight or max(1, math.ceil(slots / per_trial)) + n_workers
 
     # ------------------------------------------------------------- numbering
     def _numbers(self, study: Study, done: set[int]) -> list[int]:
@@ -127,46 +138,82 @@ class Driver:
                 len(done),
                 cfg.n_trials,
             )
-        timing = {"ask_tell": 0.0, "write": 0.0, "wait": 0.0, "optimize": 0.0, "evaluate": 0.0}
-        self.latencies: list[float] = []  # ask + tell seconds per trial, in tell order
+        timing = {"ask": 0.0, "tell": 0.0, "write": 0.0, "wait": 0.0}
+        timing |= {"optimize": 0.0, "evaluate": 0.0}
+        self.ask_s: list[float] = []  # seconds per ask, in ask order
+        self.tell_s: list[float] = []  # seconds per tell, in tell order
         while to_ask or self.scheduler.trials or self.writes:
-            while to_ask and len(self.scheduler.trials) < self.in_flight:
-                t0 = time.perf_counter()
-                trial = study.ask(self.dists)
-                timing["ask_tell"] += time.perf_counter() - t0
-                self._start(trial, next(numbers))
-                self.scheduler.trials[trial.user_attrs[STORE_TRIAL]].ask_s = (
-                    time.perf_counter() - t0
-                )
-                to_ask -= 1
-            for key in self.pool.keys:
-                if not self.scheduler.busy(key):
-                    batch = self.scheduler.take(key, cfg.model.max_batch_jobs)
-                    if batch:
-                        self.pool.submit(key, batch)
+            # One pass: results first, so a finished worker gets its next
+            # batch (from the spare trials in flight) before the driver spends
+            # time on anything else; then writes and tells; then at most one
+            # ask, so a worker that finishes meanwhile waits for one ask at most.
+            # Trials waiting for their store write count as in flight, so a
+            # store slower than the workers cannot build an unbounded backlog
+            # of finished, unsaved work that a killed driver would lose.
+            open_trials = len(self.scheduler.trials) + len(self.writes)
+            want_ask = bool(to_ask) and open_trials < self.in_flight
             t0 = time.perf_counter()
-            finished = self.pool.poll(timeout=0.2)
+            finished = self.pool.poll(timeout=self._poll_timeout(want_ask))
             timing["wait"] += time.perf_counter() - t0
+            changed: set[int] = set()
             for key, result in finished:
                 if isinstance(result, WorkerLost):
-                    changed = self.scheduler.lost(key, result.reason)
+                    changed |= self.scheduler.lost(key, result.reason)
                 else:
-                    changed = self.scheduler.finish(key, result)
+                    hold = None
+                    if self.scoring is not None:
+                        hold = needs_scores
+                        self.scoring.add([o for o in result if needs_scores(o)])
+                    changed |= self.scheduler.finish(key, result, hold)
                     # Worker-side seconds, per vector: their sums split the wait.
                     timing["optimize"] += sum(o.optimize_s for o in result)
                     timing["evaluate"] += sum(o.evaluate_s for o in result)
-                for number in changed:
-                    self._report(self.scheduler.trials[number])
-            for work in self.scheduler.ready():
-                self.scheduler.pop(work.number)
-                self._submit_write(self._records(work))
-            self._flush(study, summary, timing)
-        tail = self.latencies[-100:]
-        if tail:
-            timing["ask_tell_last100_s"] = sum(tail) / len(tail)
+            self._dispatch()
+            if self.scoring is not None:
+                for vid, rows, error in self.scoring.collect():
+                    changed.add(self.scheduler.release(vid, rows, error))
+                self.scoring.dispatch()
+            for number in sorted(changed):
+                self._report(self.scheduler.trials[number])
+            if changed:
+                for work in self.scheduler.ready():
+                    self.scheduler.pop(work.number)
+                    self._submit_write(self._records(work))
+            self._flush(study, summary, timing, block=not to_ask and not self.scheduler.trials)
+            if want_ask:
+                t0 = time.perf_counter()
+                trial = study.ask(self.dists)
+                self._start(trial, next(numbers))
+                elapsed = time.perf_counter() - t0
+                timing["ask"] += elapsed
+                self.ask_s.append(elapsed)
+                to_ask -= 1
+                self._dispatch()
         summary.seconds = timing
+        summary.latency_ms = _latency_ms({"ask": self.ask_s, "tell": self.tell_s})
         summary.best = _best(study)
         return summary
+
+    def _poll_timeout(self, want_ask: bool) -> float:
+        """How long the pass may block on the workers: not at all while there
+        is a trial to ask; briefly while a write is pending (its tell should
+        not wait for the next batch to finish); else until a batch finishes."""
+        if want_ask:
+            return 0.0
+        if self.writes or (self.scoring is not None and self.scoring.busy):
+            return 0.02
+        return 0.5
+
+    def _dispatch(self) -> None:
+        """Give every idle worker a batch of pending tasks."""
+        if not self.scheduler.pending:
+            return
+        for key in self.pool.keys:
+            if not self.scheduler.busy(key):
+                batch = self.scheduler.take(key, self.cfg.model.max_batch_jobs)
+                if not batch:
+                    return
+                self.pool.submit(key, batch)
 
     def _start(self, trial: optuna.trial.Trial, number: int) -> None:
         trial.set_user_attr(STORE_TRIAL, number)
@@ -237,7 +284,7 @@ class Driver:
             started_at=work.started,
             finished_at=_now(),
             error=error,
-            distributions_json=distributions_json(self.dists),
+            distributions_json=self.dists_json,
         )
         vectors, transfer = [], []
         for task, o in ((t, work.outcomes.get(t.vector_id)) for t in work.tasks):
@@ -262,20 +309,30 @@ class Driver:
             ]
         return work, record, vectors, transfer
 
-    def _submit_write(self, item: tuple[TrialWork, TrialRecord, list, list]) -> None:
+    def _submit_write(
+        self, item: tuple[TrialWork, TrialRecord, list, list], delay: float = 0.0
+    ) -> None:
         _, record, vectors, transfer = item
-        self.writes[self.writer_threads.submit(self._write, record, vectors, transfer)] = item
+        fut = self.writer_threads.submit(self._write, record, vectors, transfer, delay)
+        self.writes[fut] = item
 
-    def _write(self, record: TrialRecord, vectors: list, transfer: list) -> float:
+    def _write(self, record: TrialRecord, vectors: list, transfer: list, delay: float) -> float:
+        if delay:
+            time.sleep(delay)  # a retry after a failed write; waits here, not in the loop
         t0 = time.perf_counter()
         self.writer.write_trial(record, vectors, transfer)
         return time.perf_counter() - t0
 
-    def _flush(self, study: optuna.Study, summary: RunSummary, timing: dict[str, float]) -> None:
-        """Tell Optuna about trials whose write finished. A failed write keeps
+    def _flush(
+        self, study: optuna.Study, summary: RunSummary, timing: dict[str, float], block: bool
+    ) -> None:
+        """Tell Optuna about trials whose write finished (``block``: wait a
+        little for one, when nothing else is left to do). A failed write keeps
         the trial pending and is tried again: nothing is told unwritten."""
+        if not self.writes:
+            return
         done = [f for f in self.writes if f.done()]
-        if not done and not self.scheduler.trials and self.writes:
+        if not done and block:
             cf.wait(list(self.writes), timeout=0.5, return_when=cf.FIRST_COMPLETED)
             done = [f for f in self.writes if f.done()]
         for fut in done:
@@ -284,8 +341,7 @@ class Driver:
                 timing["write"] += fut.result()
             except StoreWriteError as exc:
                 log.error("could not write trial %d yet (%s); will retry", record.number, exc)
-                time.sleep(1.0)
-                self._submit_write(item)
+                self._submit_write(item, delay=1.0)
                 continue
             t0 = time.perf_counter()
             if record.error:
@@ -294,13 +350,24 @@ class Driver:
                 study.tell(work.handle, record.values)
             else:
                 study.tell(work.handle, state=getattr(TrialState, record.state))
-            timing["ask_tell"] += time.perf_counter() - t0
-            self.latencies.append(work.ask_s + time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            timing["tell"] += elapsed
+            self.tell_s.append(elapsed)
             summary.told += 1
             summary.vectors += len(vectors)
             summary.states[record.state] = summary.states.get(record.state, 0) + 1
             if self.progress:
                 self.progress(summary, record.number)
+
+
+def _latency_ms(series: dict[str, list[float]]) -> dict[str, float]:
+    out = {}
+    for name, values in series.items():
+        if values:
+            out[f"{name}_mean"] = 1000 * sum(values) / len(values)
+            tail = values[-100:]
+            out[f"{name}_last100"] = 1000 * sum(tail) / len(tail)
+    return out
 
 
 def _best(study: optuna.Study) -> list[dict[str, Any]]:

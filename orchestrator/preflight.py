@@ -13,7 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.config import StudyConfig
+from orchestrator.config import ModelConfig, StudyConfig
+from orchestrator.space import _tokens as token_selection
 from orchestrator.space import distributions, fixed_params, grid, resolve_layers
 from workers.examples import Example
 from workers.models import ModelShape, ModelSpec, peek_shape
@@ -36,10 +37,17 @@ class Plan:
     transfer: list[Example]
     evaluation: EvalSpec
     store_uri: str
+    # The surprisal model's spec (a second pool of actors) and the context C
+    # its surprisal is taken under (the task's ``surprisal_context``).
+    surprisal_spec: ModelSpec | None = None
+    surprisal_context: tuple[str, ...] = ()
 
 
 def model_spec(config: StudyConfig) -> ModelSpec:
-    m = config.model
+    return spec_of(config.model)
+
+
+def spec_of(m: ModelConfig) -> ModelSpec:
     return ModelSpec(
         m.name,
         dtype=m.dtype,
@@ -76,7 +84,13 @@ def load_task(config: StudyConfig) -> tuple[list[Example], list[Example], Any]:
 
 
 def _check_space(config: StudyConfig, space: Any, train: list[Example]) -> None:
-    dists = distributions(space)
+    try:
+        dists = distributions(space)
+        tokens = space.tokens if isinstance(space.tokens, list) else [space.tokens]
+        for spec in tokens:
+            token_selection(spec)
+    except ValueError as exc:
+        raise PreflightError(f"search: {exc}") from None
     fixed = fixed_params(space)
     if not dists and config.n_trials > 1 and config.sampler.name != "grid":
         log.warning("the search space has no sampled entry: every trial has the same params")
@@ -147,10 +161,20 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
         )
     if "judge" in ev.metrics and not (evaluation.judge_contains_any or evaluation.judge_lacks_all):
         raise PreflightError("evaluation.metrics has judge but the task defines no judge strings")
+    surprisal_spec = None
+    if config.surprisal_model is not None:
+        surprisal_spec = spec_of(config.surprisal_model)
+        try:
+            peek_shape(surprisal_spec)
+        except Exception as exc:
+            raise PreflightError(f"surprisal_model.name: {exc}") from None
     uri = config.store.root
     if check_store_root:
         try:
             uri = check_store(config.store.root, endpoint_url=config.store.endpoint_url).uri
         except StoreConfigError as exc:
             raise PreflightError(f"store.root: {exc}") from None
-    return Plan(config, shape, spec, space, train, transfer, evaluation, uri)
+    context = tuple(getattr(task, "surprisal_context", ()) or ())
+    return Plan(
+        config, shape, spec, space, train, transfer, evaluation, uri, surprisal_spec, context
+    )

@@ -1,7 +1,8 @@
 """Trial and vector-task bookkeeping: no Ray, no GPU, no Optuna.
 
 Every task is in exactly one place: ``pending`` (waiting for a worker),
-``running[worker]`` (sent to that worker), or its trial's ``outcomes``. A dead
+``running[worker]`` (sent to that worker), ``held`` (back, waiting for its
+surprisal scores from the second pool), or its trial's ``outcomes``. A dead
 worker's tasks go back to the front of ``pending``; a task that has been lost
 with its worker ``max_attempts`` times comes back as a failed outcome, so a
 task that kills every worker it touches cannot stall the study.
@@ -10,7 +11,7 @@ task that kills every worker it touches cannot stall the study.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,7 +30,6 @@ class TrialWork:
     reported: int = 0  # outcomes already reported as intermediate values
     intermediate: dict[int, float] = field(default_factory=dict)
     started: datetime | None = None
-    ask_s: float = 0.0  # seconds the optimizer took to propose this trial
 
     def ordered_outcomes(self) -> list[VectorOutcome]:
         return [self.outcomes[t.vector_id] for t in self.tasks if t.vector_id in self.outcomes]
@@ -44,6 +44,9 @@ class Scheduler:
         self.trials: dict[int, TrialWork] = {}
         self.attempts: dict[str, int] = {}
         self.max_attempts = max_attempts
+        # Outcomes back from a worker that still wait for a second pool (the
+        # surprisal model's scores): not in their trial's outcomes yet.
+        self.held: dict[str, VectorOutcome] = {}
 
     def add_trial(self, work: TrialWork) -> None:
         if work.number in self.trials:
@@ -72,8 +75,14 @@ class Scheduler:
             self.running[worker] = batch
         return batch
 
-    def finish(self, worker: Hashable, outcomes: list[VectorOutcome]) -> set[int]:
-        """Record a worker's outcomes; returns the trial numbers that changed."""
+    def finish(
+        self,
+        worker: Hashable,
+        outcomes: list[VectorOutcome],
+        hold: Callable[[VectorOutcome], bool] | None = None,
+    ) -> set[int]:
+        """Record a worker's outcomes; returns the trial numbers that changed.
+        Outcomes for which ``hold`` is true wait in ``held`` for :meth:`release`."""
         batch = self.running.pop(worker, [])
         expected = {t.vector_id for t in batch}
         got = {o.vector_id for o in outcomes}
@@ -81,9 +90,22 @@ class Scheduler:
             raise RuntimeError(f"worker {worker!r} returned {sorted(got)} for {sorted(expected)}")
         changed = set()
         for outcome in outcomes:
+            if hold is not None and hold(outcome):
+                self.held[outcome.vector_id] = outcome
+                continue
             self.trials[outcome.trial].outcomes[outcome.vector_id] = outcome
             changed.add(outcome.trial)
         return changed
+
+    def release(self, vector_id: str, rows: list[Any], error: str | None = None) -> int:
+        """A held outcome, with ``rows`` added (or ``error`` set), joins its
+        trial's outcomes; returns the trial number."""
+        outcome = self.held.pop(vector_id)
+        outcome.rows.extend(rows)
+        if error is not None:
+            outcome.error = error
+        self.trials[outcome.trial].outcomes[vector_id] = outcome
+        return outcome.trial
 
     def lost(self, worker: Hashable, reason: str) -> set[int]:
         """A worker died with a batch: requeue it, or fail tasks out of attempts."""
@@ -105,7 +127,8 @@ class Scheduler:
         self.trials[number].pruned = True
 
     def _running_for(self, number: int) -> bool:
-        return any(t.trial == number for batch in self.running.values() for t in batch)
+        running = any(t.trial == number for batch in self.running.values() for t in batch)
+        return running or any(o.trial == number for o in self.held.values())
 
     def ready(self) -> list[TrialWork]:
         """Trials with every outcome in, or pruned with nothing still running."""

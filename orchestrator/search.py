@@ -7,9 +7,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.config import StudyConfig
 from orchestrator.space import grid
@@ -29,14 +30,54 @@ class _GridSampler(optuna.samplers.GridSampler):
         return None
 
 
+class _TPESampler(optuna.samplers.TPESampler):
+    """Optuna's TPE, with each finished trial's parameters converted to
+    Optuna's internal representation once instead of on every ``ask``.
+
+    Every ask rebuilds its Parzen estimators from all trials; at a few thousand
+    trials the Python loop that reads each trial's parameters is a sizeable
+    part of that. A finished trial's parameters never change, so their
+    converted row is kept per search space. The proposals are the same as the
+    stock sampler's (tests/orchestrator/test_search.py compares them); should
+    a future Optuna drop the private hook, the stock code path runs.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._rows: dict[tuple, dict[int, tuple[float, ...] | None]] = {}
+
+    def _get_internal_repr(
+        self, trials: list[FrozenTrial], search_space: dict[str, BaseDistribution], study: Any
+    ) -> dict[str, np.ndarray]:
+        names = list(search_space)
+        cache = self._rows.setdefault(tuple(search_space.items()), {})
+        rows = [cache.get(t._trial_id, _MISSING) for t in trials]
+        for i, trial in enumerate(trials):
+            if rows[i] is not _MISSING:
+                continue
+            params = self._get_params(trial, study)
+            row = None
+            if search_space.keys() <= params.keys():
+                row = tuple(d.to_internal_repr(params[n]) for n, d in search_space.items())
+            if trial.state.is_finished():
+                cache[trial._trial_id] = row
+            rows[i] = row
+        present = [r for r in rows if r is not None]
+        columns = list(zip(*present, strict=True)) if present else [() for _ in names]
+        return {n: np.asarray(c) for n, c in zip(names, columns, strict=True)}
+
+
+_MISSING: Any = object()
+_HOOK = hasattr(optuna.samplers.TPESampler, "_get_internal_repr")
+
+
 def make_sampler(config: StudyConfig, space: Any) -> optuna.samplers.BaseSampler:
     s = config.sampler
     if s.name == "tpe":
         # constant_liar: trials in flight count as bad guesses, so parallel
         # asks spread out instead of piling onto one point.
-        return optuna.samplers.TPESampler(
-            seed=s.seed, constant_liar=True, n_startup_trials=s.n_startup_trials
-        )
+        cls = _TPESampler if _HOOK else optuna.samplers.TPESampler
+        return cls(seed=s.seed, constant_liar=True, n_startup_trials=s.n_startup_trials)
     if s.name == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
     if s.name == "grid":

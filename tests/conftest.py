@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -36,3 +39,41 @@ def smollm2():
     from workers.models import ModelSpec, load_model
 
     return load_model(ModelSpec("smollm2-135m-instruct", dtype="float32", device="cpu"))
+
+
+@pytest.fixture
+def s3_root(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> str:
+    """Fake credentials in the environment and a fresh bucket: ``s3://bucket/sweeps``."""
+    from store.factories import make_bucket, set_fake_aws_env
+
+    set_fake_aws_env(monkeypatch, moto_endpoint, tmp_path)
+    _, bucket = make_bucket(moto_endpoint)
+    return f"s3://{bucket}/sweeps"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    """A local two-CPU Ray cluster for the tests of one module."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="steer-sweep", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def moto_auth(moto_endpoint: str) -> Iterator[Callable[[bool], None]]:
+    """Turn moto's IAM authentication on and off (through its HTTP admin API);
+    always off again after the test."""
+
+    def set_auth(on: bool) -> None:
+        body = b"0" if on else b"inf"
+        req = urllib.request.Request(
+            f"{moto_endpoint}/moto-api/reset-auth",
+            data=body,
+            headers={"Content-Type": "text/plain"},  # a form type would hide the body
+        )
+        urllib.request.urlopen(req, timeout=5).read()  # 127.0.0.1 only
+
+    yield set_auth
+    set_auth(False)

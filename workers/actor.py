@@ -71,11 +71,11 @@ class SteeringWorker:
 
     def run(self, tasks: Sequence[VectorTask]) -> list[VectorOutcome]:
         started = time.perf_counter()
-        outcomes: list[VectorOutcome] = []
-        for start in range(0, len(tasks), self.max_batch_jobs):
-            outcomes += run_tasks(
-                self.lm, self.evaluation, tasks[start : start + self.max_batch_jobs]
-            )
+        # One engine run: at most max_batch_jobs rows at a time, a finished
+        # row taking the next task (continuous batching).
+        outcomes = run_tasks(
+            self.lm, self.evaluation, tasks, self._unsteered, max_batch_jobs=self.max_batch_jobs
+        )
         elapsed = time.perf_counter() - started
         steps = sum(o.result.iterations for o in outcomes if o.result is not None)
         self._metrics.record(
@@ -85,6 +85,22 @@ class SteeringWorker:
             occupancy=min(len(tasks), self.max_batch_jobs) / self.max_batch_jobs,
         )
         return outcomes
+
+    def surprisal(
+        self,
+        context: Sequence[str],
+        texts: Sequence[str],
+        *,
+        log_base: float = 2.0,
+        batch_size: int = 16,
+    ) -> list[float]:
+        """Surprisal per token of each text given ``context``, under this
+        actor's model (the base model of §2.2): ``transfer.surprisal_per_token``."""
+        from workers.transfer import surprisal_per_token
+
+        return surprisal_per_token(
+            self.lm, context, texts, log_base=log_base, batch_size=batch_size
+        )
 
 
 class _Metrics:

@@ -12,6 +12,7 @@ from orchestrator.store.compact import CompactReport, compact
 from orchestrator.store.errors import (
     StoreConfigError,
     StoreError,
+    StoreNameError,
     StoreWriteError,
     StudyConfigMismatch,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "RetryPolicy",
     "StoreCheck",
     "StoreConfigError",
+    "StoreNameError",
     "StoreError",
     "StoreRoot",
     "StoreWriteError",

@@ -17,6 +17,11 @@ class StoreConfigError(StoreError):
     any GPU work starts."""
 
 
+class StoreNameError(StoreConfigError, ValueError):
+    """A study or file-set name that is not a plain folder name (``../x``,
+    ``/abs``, ``a/b``): names never reach outside their place in the root."""
+
+
 class StoreWriteError(StoreError):
     """A write failed for good (a permanent error, or transient errors that
     outlasted the retry policy). The caller should keep the trial pending: no

@@ -138,6 +138,10 @@ def resolve_root(
                 "AWS_SECRET_ACCESS_KEY or an AWS profile"
             )
         bucket, prefix = parsed.netloc, parsed.path.strip("/")
+        if any(part in (".", "..") for part in prefix.split("/")):
+            raise StoreConfigError(
+                f"store URI {text!r}: '.' and '..' are not allowed in an S3 prefix"
+            )
         if not bucket:
             raise StoreConfigError(
                 f"store URI {text!r} names no bucket (expected s3://bucket/prefix)"

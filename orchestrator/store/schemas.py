@@ -28,6 +28,8 @@ from collections.abc import Mapping
 
 import pyarrow as pa
 
+from orchestrator.store.errors import StoreNameError
+
 SCHEMA_VERSION = 1
 """Bump when a column is renamed, removed or changes type."""
 
@@ -56,7 +58,7 @@ def code_version() -> str:
 def check_study_name(study: str) -> str:
     """Study names become folder names and hive partition values: keep them plain."""
     if not _STUDY_RE.match(study):
-        raise ValueError(
+        raise StoreNameError(
             f"study name {study!r} must be 1-128 characters of letters, digits, '.', '_' "
             "or '-', starting with a letter or digit"
         )
@@ -65,7 +67,9 @@ def check_study_name(study: str) -> str:
 
 def check_part_name(name: str) -> str:
     if not _NAME_RE.match(name):
-        raise ValueError(f"name {name!r} must be 1-64 characters of letters, digits, '.', '_', '-'")
+        raise StoreNameError(
+            f"name {name!r} must be 1-64 characters of letters, digits, '.', '_', '-'"
+        )
     return name
 
 

@@ -79,3 +79,23 @@ def test_mismatched_outcomes_are_refused() -> None:
     sched.take("w", 2)
     with pytest.raises(RuntimeError, match="returned"):
         sched.finish("w", [VectorOutcome("other", 0, "x")])
+
+
+def test_held_outcomes_keep_their_trial_open_until_released() -> None:
+    sched = Scheduler()
+    sched.add_trial(trial(0, 2))
+    sched.add_trial(trial(1, 2))
+    batch = sched.take("w", 4)
+    outcomes = [VectorOutcome(t.vector_id, t.trial, t.example_id) for t in batch]
+    hold = {"t0v1", "t1v0"}
+    changed = sched.finish("w", outcomes, hold=lambda o: o.vector_id in hold)
+    assert changed == {0, 1} and set(sched.held) == hold
+    assert sched.ready() == []  # each trial has one outcome held
+    sched.prune(1)
+    assert sched.ready() == [], "a pruned trial waits for its held outcome too"
+    assert sched.release("t1v0", ["row"]) == 1
+    assert [w.number for w in sched.ready()] == [1]
+    assert sched.trials[1].outcomes["t1v0"].rows == ["row"]
+    assert sched.release("t0v1", [], error="scorer lost") == 0
+    assert sorted(w.number for w in sched.ready()) == [0, 1]
+    assert sched.trials[0].outcomes["t0v1"].error == "scorer lost"

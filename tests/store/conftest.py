@@ -4,8 +4,6 @@ monkeypatch, and a fresh bucket per test."""
 
 from __future__ import annotations
 
-import urllib.request
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,21 +17,3 @@ def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> S3
     set_fake_aws_env(monkeypatch, moto_endpoint, tmp_path)
     client, bucket = make_bucket(moto_endpoint)
     return S3Env(moto_endpoint, bucket, f"s3://{bucket}/results/v1", client)
-
-
-@pytest.fixture
-def moto_auth(moto_endpoint: str) -> Iterator[Callable[[bool], None]]:
-    """Turn moto's IAM authentication on and off (through its HTTP admin API);
-    always off again after the test."""
-
-    def set_auth(on: bool) -> None:
-        body = b"0" if on else b"inf"
-        req = urllib.request.Request(
-            f"{moto_endpoint}/moto-api/reset-auth",
-            data=body,
-            headers={"Content-Type": "text/plain"},  # a form type would hide the body
-        )
-        urllib.request.urlopen(req, timeout=5).read()  # 127.0.0.1 only
-
-    yield set_auth
-    set_auth(False)

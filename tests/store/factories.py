@@ -299,3 +299,17 @@ def check_round_trip(study: Any, ctx: StudyContext, trials: list[TrialData]) -> 
             assert meta[b"steer_sweep.model_revision"] == ctx.model_revision.encode()
             assert meta[b"steer_sweep.code_version"]
             assert b"pandas" not in meta  # plain Arrow, no pandas (or pickle) blobs
+
+
+def bucket_bytes(client: Any, bucket: str) -> list[bytes]:
+    """The content of every object in ``bucket``."""
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    return [client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys]
+
+
+def assert_no_credentials(chunks: Any) -> None:
+    """None of the fake credentials occurs in any of ``chunks`` (bytes or str)."""
+    for chunk in chunks:
+        data = chunk if isinstance(chunk, bytes) else chunk.encode()
+        for secret in (FAKE_KEY_ID, FAKE_SECRET, FAKE_TOKEN):
+            assert secret.encode() not in data, f"{secret} leaked"

@@ -1,0 +1,242 @@
+"""What a report reads from the store, as pandas frames: the trials, the
+ranked vectors of committed trials with their transfer summary, and the
+per-cell summary that becomes ``summary.parquet``.
+
+Only the store is read, never a running study: a vector counts once its
+trial's row exists (the trial row is the store's commit marker).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from orchestrator.store.reader import fixed_list_to_numpy
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from orchestrator.store import Study
+
+CAA_KIND = "caa"
+"""``loss_kind`` of a stored CAA skyline vector (§2.1.3)."""
+
+SUMMARY_KEYS = ["loss_kind", "norm_bound", "layer"]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective of the study, as the report labels it."""
+
+    label: str  # axis label, with its unit
+    direction: str  # maximize or minimize
+
+
+@dataclass
+class ReportData:
+    """Everything the figures and tables need.
+
+    ``vectors``: one row per vector of a COMPLETE or PRUNED trial that has
+    transfer rows, best first (column ``rank`` from 1); ``transfer_success`` is
+    the mean success (0..1) over all its held-out rows, ``logprob_gain`` (see
+    ``logprob_gain``) the mean target log-probability gain, in units of the log
+    base (NaN without ``target_logprob`` rows). ``trials``: one row per
+    stored trial. Losses are in units of ``log_base`` (``unit``).
+    """
+
+    study: str
+    root: str
+    config: dict[str, Any] | None
+    trials: pd.DataFrame
+    vectors: pd.DataFrame
+    objectives: list[Objective]
+    log_base: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def unit(self) -> str:
+        return loss_unit(self.log_base)
+
+    @property
+    def one_shot(self) -> pd.DataFrame:
+        """The optimized vectors (CAA skyline rows left out)."""
+        return self.vectors[self.vectors["loss_kind"] != CAA_KIND]
+
+
+def loss_unit(log_base: float) -> str:
+    """Name of the unit of a log in ``log_base``: 10 hartleys, e nats, 2 bits."""
+    if math.isclose(log_base, 10.0):
+        return "hartleys"
+    if math.isclose(log_base, math.e):
+        return "nats"
+    if math.isclose(log_base, 2.0):
+        return "bits"
+    return f"log{log_base:g} units"
+
+
+def objective_label(obj: dict[str, Any], unit: str) -> str:
+    """Axis label of a configured objective, e.g.
+    ``mean delta target_logprob (hartleys)``."""
+    metric, statistic = str(obj.get("metric", "?")), str(obj.get("statistic", "success"))
+    text = f"{obj.get('reduce', 'mean')} {statistic} {metric}"
+    if metric == "norm":
+        return f"{obj.get('reduce', 'mean')} vector norm (L2)"
+    if statistic == "success" or metric.startswith(("choice_flip", "judge")):
+        return f"{text} (probability)"
+    return f"{text} ({unit})"
+
+
+def load_report_data(study: Study, root: str) -> ReportData:
+    import pandas as pd
+
+    config = study.config()
+    trials = study.trials.to_table().to_pandas().drop_duplicates("trial", keep="last")
+    trials = trials.sort_values("trial").reset_index(drop=True)
+    frame = study.joined_frame()
+    notes: list[str] = []
+    if not frame.empty:
+        uncommitted = int(frame["trial_state"].isna().sum())
+        if uncommitted:
+            notes.append(f"{uncommitted} vectors of trials without a stored trial row are left out")
+        frame = frame[frame["trial_state"].isin(["COMPLETE", "PRUNED"])]
+        untested = int(frame["transfer_success"].isna().sum())
+        if untested:
+            notes.append(f"{untested} vectors without transfer rows are left out")
+        frame = frame[frame["transfer_success"].notna()]
+
+    log_base = float(frame["log_base"].iloc[0]) if not frame.empty else 10.0
+    if config and "evaluation" in config:
+        log_base = float(config["evaluation"].get("log_base", log_base))
+    unit = loss_unit(log_base)
+    objs = (config or {}).get("objectives") or [{"metric": "objective", "statistic": "value"}]
+    objectives = [
+        Objective(objective_label(o, unit), str(o.get("direction", "maximize"))) for o in objs
+    ]
+    frame = frame.merge(logprob_gain(study), on="vector_id", how="left")
+    if frame.empty:
+        vectors = pd.DataFrame(columns=[*frame.columns, "rank"])
+    else:
+        vectors = rank_vectors(frame, objectives[0].direction)
+    return ReportData(study.name, root, config, trials, vectors, objectives, log_base, notes)
+
+
+def logprob_gain(study: Study) -> pd.DataFrame:
+    """Per vector, the mean over its ``target_logprob:<kind>:<i>`` rows of
+    ``steered - unsteered``, sign-flipped for suppress targets: how far the
+    vector moved held-out targets the intended way (units of the log base;
+    positive is good). Columns ``vector_id``, ``logprob_gain``."""
+    t = study.transfer.to_table(columns=["vector_id", "metric", "steered", "unsteered"])
+    t = t.filter(pc.starts_with(t["metric"], "target_logprob:")).to_pandas()
+    sign = np.where(t["metric"].str.startswith("target_logprob:suppress"), -1.0, 1.0)
+    t["logprob_gain"] = sign * (t["steered"] - t["unsteered"])
+    return t.groupby("vector_id", as_index=False)["logprob_gain"].mean()
+
+
+def rank_vectors(frame: pd.DataFrame, direction: str) -> pd.DataFrame:
+    """Best first: transfer success, then the target log-probability gain,
+    then the trial's objective, then the lower final training loss."""
+    key = frame.assign(
+        _obj=frame["trial_value"] if direction == "maximize" else -frame["trial_value"]
+    )
+    key = key.sort_values(
+        ["transfer_success", "logprob_gain", "_obj", "final_loss", "vector_id"],
+        ascending=[False, False, False, True, True],
+        na_position="last",
+    ).drop(columns="_obj")
+    key = key.reset_index(drop=True)
+    key["rank"] = np.arange(1, len(key) + 1)
+    return key
+
+
+def summary_frame(vectors: pd.DataFrame) -> pd.DataFrame:
+    """One row per (loss kind, norm bound, layer): vector and trial counts,
+    mean / median / max transfer success (0..1), mean target log-probability
+    gain and mean final training loss (both in units of the study's log base). A missing norm bound (unbounded) is NaN."""
+    import pandas as pd
+
+    cols = [
+        *SUMMARY_KEYS,
+        "n_vectors",
+        "n_trials",
+        "transfer_success_mean",
+        "transfer_success_median",
+        "transfer_success_max",
+        "logprob_gain_mean",
+        "final_loss_mean",
+    ]
+    if vectors.empty:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols}).astype(
+            {"loss_kind": "string", "layer": "int32", "n_vectors": "int64", "n_trials": "int64"}
+        )
+    g = vectors.groupby(SUMMARY_KEYS, dropna=False)
+    out = g.agg(
+        n_vectors=("vector_id", "size"),
+        n_trials=("trial", "nunique"),
+        transfer_success_mean=("transfer_success", "mean"),
+        transfer_success_median=("transfer_success", "median"),
+        transfer_success_max=("transfer_success", "max"),
+        logprob_gain_mean=("logprob_gain", "mean"),
+        final_loss_mean=("final_loss", "mean"),
+    ).reset_index()
+    return out[cols].sort_values(SUMMARY_KEYS).reset_index(drop=True)
+
+
+def read_vectors(study: Study, ids: list[str]) -> tuple[list[str], np.ndarray]:
+    """The stored vectors of ``ids``, in that order: ids and ``(n, d_model)`` float32."""
+    if not ids:
+        return [], np.zeros((0, 0), np.float32)
+    t = study.vectors.to_table(
+        columns=["vector_id", "vector"], filter=pc.field("vector_id").isin(ids)
+    )
+    got = {v: i for i, v in enumerate(t["vector_id"].to_pylist())}
+    matrix = fixed_list_to_numpy(t["vector"])
+    order = [v for v in ids if v in got]
+    return order, matrix[[got[v] for v in order]] if order else matrix[:0]
+
+
+def read_loss_histories(study: Study, ids: list[str]) -> dict[str, list[float]]:
+    """``loss_history`` (units of the log base, one value per optimizer step) of ``ids``."""
+    if not ids:
+        return {}
+    t = study.vectors.to_table(
+        columns=["vector_id", "loss_history"], filter=pc.field("vector_id").isin(ids)
+    )
+    return {
+        r["vector_id"]: [float("nan") if x is None else float(x) for x in r["loss_history"] or []]
+        for r in t.to_pylist()
+    }
+
+
+def transfer_rows(study: Study, vector_id: str) -> pd.DataFrame:
+    """Every transfer row of one vector, joined to its held-out example's prompt."""
+    t = study.transfer.to_table(filter=pc.field("vector_id") == vector_id).to_pandas()
+    ex = study.examples.to_table(columns=["example_id", "prompt", "chat", "targets"]).to_pandas()
+    ex = ex.drop_duplicates("example_id", keep="last")
+    ex["prompt_text"] = [_prompt_text(p, c) for p, c in zip(ex["prompt"], ex["chat"], strict=True)]
+    ex["target_text"] = [
+        "; ".join(f"{t['kind']}: {t['text']}" for t in ts) if ts is not None else ""
+        for ts in ex["targets"]
+    ]
+    ex = ex.rename(columns={"example_id": "eval_example_id"})
+    return t.merge(
+        ex[["eval_example_id", "prompt_text", "target_text"]], on="eval_example_id", how="left"
+    )
+
+
+def _prompt_text(prompt: str, chat: Any) -> str:
+    """The last user message of a chat prompt, else the raw prompt."""
+    if chat is not None and len(chat):
+        users = [m["content"] for m in chat if m["role"] == "user"]
+        return str(users[-1] if users else chat[-1]["content"])
+    try:
+        msgs = json.loads(prompt)
+    except ValueError:
+        return prompt
+    if isinstance(msgs, list) and msgs and isinstance(msgs[-1], list | tuple):
+        return str(msgs[-1][-1])
+    return prompt

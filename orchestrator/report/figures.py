@@ -1,0 +1,374 @@
+"""The report's figures, drawn with matplotlib's object API (no pyplot, so
+no global state and no display needed).
+
+Each function returns a ``Figure`` or, when the data for it is missing, a
+sentence that says what is missing. Figures are saved at ``SIZES_PX`` exactly
+(no tight bounding box), so their pixel size is known in advance.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from orchestrator.report.data import CAA_KIND, ReportData
+from orchestrator.report.search import best_so_far, pareto_mask
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DPI = 100
+SIZES_PX = {
+    "transfer_heatmap": (1100, 820),
+    "vector_success": (1100, 700),
+    "optuna_history": (1100, 420),
+    "param_importance": (1100, 360),
+    "pareto_front": (900, 620),
+    "loss_curves": (1100, 480),
+    "cosine_similarity": (900, 760),
+    "caa_skyline": (1100, 460),
+}
+SUCCESS_LABEL = "transfer success (probability)"
+
+
+def new_figure(name: str) -> Figure:
+    w, h = SIZES_PX[name]
+    return Figure(figsize=(w / DPI, h / DPI), dpi=DPI, layout="constrained")
+
+
+def _norm_text(norm: float) -> str:
+    return (
+        "r = none"
+        if norm is None or (isinstance(norm, float) and math.isnan(norm))
+        else f"r = {norm:g}"
+    )
+
+
+def transfer_heatmap(summary: pd.DataFrame, unit: str) -> Figure | str:
+    """Per layer (columns) for each loss kind and norm bound (rows): mean
+    transfer success and, below it when stored, mean target log-probability
+    gain; each cell shows the mean and its vector count."""
+    if summary.empty:
+        return "no vectors with transfer results stored"
+    rows = summary[["loss_kind", "norm_bound"]].drop_duplicates().itertuples(index=False)
+    row_keys = [(str(k), n) for k, n in rows]
+    layers = sorted(int(x) for x in summary["layer"].unique())
+    shape = (len(row_keys), len(layers))
+    success, gain, count = np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape, int)
+    for r in summary.itertuples(index=False):
+        i = next(
+            j for j, (k, n) in enumerate(row_keys) if k == r.loss_kind and _same(n, r.norm_bound)
+        )
+        j = layers.index(int(r.layer))
+        success[i, j], gain[i, j], count[i, j] = (
+            r.transfer_success_mean,
+            r.logprob_gain_mean,
+            r.n_vectors,
+        )
+    fig = new_figure("transfer_heatmap")
+    panels = [(success, "viridis", (0.0, 1.0), SUCCESS_LABEL, "Mean transfer success")]
+    if np.isfinite(gain).any():
+        lim = max(float(np.nanmax(np.abs(gain))), 1e-9)
+        panels.append(
+            (
+                gain,
+                "RdBu_r",
+                (-lim, lim),
+                f"target log-prob gain ({unit})",
+                "Mean target log-prob gain (suppress targets negated)",
+            )
+        )
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (m, cmap, (lo, hi), label, title) in zip(axes, panels, strict=True):
+        ax.set_facecolor("#e8e8e8")  # cells without vectors
+        im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
+        ax.set_xticks(range(len(layers)), [str(x) for x in layers])
+        ax.set_yticks(range(len(row_keys)), [f"{k}, {_norm_text(n)}" for k, n in row_keys])
+        ax.set_xlabel("layer (the vector is added at the input of this block)")
+        ax.set_ylabel("loss kind, norm bound r")
+        ax.set_title(f"{title} by layer (cell: mean, n = vectors)")
+        if m.size <= 300:
+            _annotate(ax, m, count, lo, hi, 9 if m.size <= 100 else 7)
+        fig.colorbar(im, ax=ax, label=label)
+    return fig
+
+
+def _annotate(ax: Any, m: np.ndarray, count: np.ndarray, lo: float, hi: float, size: int) -> None:
+    for (i, j), x in np.ndenumerate(m):
+        if count[i, j] and np.isfinite(x):
+            pos = (x - lo) / (hi - lo)
+            dark = pos < 0.25 or pos > 0.85 if lo < 0 else pos < 0.6
+            ax.text(
+                j,
+                i,
+                f"{x:.2f}\nn={count[i, j]}",
+                ha="center",
+                va="center",
+                fontsize=size,
+                color="white" if dark else "black",
+            )
+
+
+def _same(a: object, b: object) -> bool:
+    nan_a = a is None or (isinstance(a, float) and math.isnan(a))
+    nan_b = b is None or (isinstance(b, float) and math.isnan(b))
+    return (nan_a and nan_b) or a == b
+
+
+def vector_success(data: ReportData) -> Figure | str:
+    """Fig. 2's shape: one bar per vector in rank order (transfer success, then
+    log-probability gain), coloured by training example; hatched by loss kind
+    when there are several. A second panel shows the log-probability gain."""
+    v = data.one_shot
+    if v.empty:
+        return "no vectors with transfer results stored"
+    examples = sorted(v["example_id"].astype(str).unique())
+    palette = _palette(len(examples))
+    colour = {e: palette[i] for i, e in enumerate(examples)}
+    colours = [colour[str(e)] for e in v["example_id"]]
+    kinds = sorted(v["loss_kind"].astype(str).unique())
+    hatches = dict(zip(kinds, ["", "//", "..", "xx", "\\\\"], strict=False))
+    panels = [("transfer_success", SUCCESS_LABEL)]
+    if v["logprob_gain"].notna().any():
+        panels.append(("logprob_gain", f"target log-prob gain ({data.unit})"))
+    fig = new_figure("vector_success")
+    axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
+    x = np.arange(len(v))
+    for ax, (col, label) in zip(axes, panels, strict=True):
+        vals = v[col].to_numpy(float)
+        bars = ax.bar(x, np.nan_to_num(vals), width=0.9 if len(v) < 80 else 1.0, color=colours)
+        for bar, kind in zip(bars, v["loss_kind"].astype(str), strict=True):
+            bar.set_hatch(hatches.get(kind, ""))
+        med = float(np.nanmedian(vals))
+        ax.axhline(med, color="black", lw=1, ls="--", label=f"median {med:.2f}")
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylim(0, 1.05)
+    axes[0].set_xlim(-0.6, len(v) - 0.4)
+    axes[-1].set_xlabel(f"vectors in rank order ({len(v)} vectors)")
+    axes[0].set_title("Transfer per vector, best first (dashed: median)")
+    handles: list[Any] = [axes[0].get_lines()[0]]
+    if len(examples) <= 20:
+        handles += [Patch(color=colour[e], label=e) for e in examples]
+    else:
+        axes[0].text(
+            0.99,
+            0.03,
+            f"colour: training example ({len(examples)} examples)",
+            transform=axes[0].transAxes,
+            ha="right",
+            va="bottom",
+        )
+    if len(kinds) > 1:
+        handles += [
+            Patch(facecolor="white", edgecolor="black", hatch=hatches[k], label=k) for k in kinds
+        ]
+    axes[0].legend(
+        handles=handles,
+        title="training example / loss kind",
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
+    return fig
+
+
+def _palette(n: int) -> list[tuple[float, float, float, float]]:
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["turbo"](x) for x in np.linspace(0.05, 0.95, n)]
+
+
+def optuna_history(data: ReportData) -> Figure | str:
+    """Objective per trial number with the best-so-far line."""
+    t = data.trials
+    done = t[(t["state"] == "COMPLETE") & t["value"].notna()] if not t.empty else t
+    if done.empty:
+        return "no COMPLETE trial with an objective value stored"
+    obj = data.objectives[0]
+    values = done["value"].to_numpy(float)
+    fig = new_figure("optuna_history")
+    ax = fig.add_subplot()
+    ax.plot(done["trial"], values, "o", color="tab:blue", label="objective of a COMPLETE trial")
+    ax.step(
+        done["trial"],
+        best_so_far(values, obj.direction),
+        where="post",
+        color="tab:red",
+        label=f"best so far ({obj.direction})",
+    )
+    others = t[t["state"] != "COMPLETE"]
+    for state, marker in (("PRUNED", "|"), ("FAIL", "x")):
+        s = others[others["state"] == state]
+        if not s.empty:
+            ax.plot(
+                s["trial"],
+                np.full(len(s), np.nanmin(values)),
+                marker,
+                color="grey",
+                ms=10,
+                label=f"{state} trial (no value; drawn at the lowest value)",
+            )
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(obj.label)
+    ax.set_title("Optuna history")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def param_importance(importances: dict[str, float], message: str) -> Figure | str:
+    if not importances:
+        return message
+    names = list(importances)[::-1]
+    fig = new_figure("param_importance")
+    ax = fig.add_subplot()
+    ax.barh(names, [importances[n] for n in names], color="tab:purple")
+    ax.set_xlabel("importance for the first objective (PED-ANOVA, normalized to sum to 1)")
+    ax.set_ylabel("parameter")
+    ax.set_title("Parameter importances")
+    return fig
+
+
+def pareto_front(data: ReportData) -> Figure | str:
+    if len(data.objectives) < 2:
+        return "single-objective study: no Pareto front"
+    t = data.trials
+    done = t[(t["state"] == "COMPLETE") & t["values"].notna()]
+    pts = np.array([list(v)[:2] for v in done["values"] if len(v) >= 2], float)
+    if len(pts) == 0:
+        return "no COMPLETE trial with two objective values stored"
+    o1, o2 = data.objectives[:2]
+    front = pareto_mask(pts, [o1.direction, o2.direction])
+    fig = new_figure("pareto_front")
+    ax = fig.add_subplot()
+    ax.scatter(pts[~front, 0], pts[~front, 1], color="tab:blue", alpha=0.6, label="trial")
+    f = pts[front][np.argsort(pts[front, 0])]
+    ax.plot(f[:, 0], f[:, 1], "o-", color="tab:red", label=f"Pareto front ({len(f)} trials)")
+    ax.set_xlabel(f"{o1.label} [{o1.direction}]")
+    ax.set_ylabel(f"{o2.label} [{o2.direction}]")
+    extra = f" (first 2 of {len(data.objectives)} objectives)" if len(data.objectives) > 2 else ""
+    ax.set_title("Pareto front" + extra)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def loss_curves(data: ReportData, histories: dict[str, list[float]], n: int) -> Figure | str:
+    """Training loss per optimizer step of the ``n`` best and ``n`` worst vectors."""
+    from matplotlib import colormaps
+
+    v = data.one_shot
+    if v.empty or not any(histories.values()):
+        return "no vectors with stored loss histories"
+    best, worst = v.head(n), v.iloc[max(n, len(v) - n) :]
+    fig = new_figure("loss_curves")
+    ax = fig.add_subplot()
+    for rows, style, cmap in ((best, "-", "Blues"), (worst, "--", "Reds")):
+        for i, r in enumerate(rows.itertuples(index=False)):
+            h = histories.get(str(r.vector_id))
+            if h:
+                c = colormaps[cmap](0.9 - 0.45 * i / max(len(rows) - 1, 1))
+                ax.plot(range(len(h)), h, style, color=c, lw=2, label=_vec_label(r))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"training loss ({data.unit})")
+    ax.set_title(f"Loss curves: {len(best)} best (solid) and {len(worst)} worst (dashed) vectors")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _vec_label(r: Any) -> str:
+    return (
+        f"#{r.rank} {r.example_id}, layer {r.layer}, {_norm_text(r.norm_bound)}: "
+        f"success {r.transfer_success:.2f}"
+    )
+
+
+def cosine_similarity(labels: list[str], matrix: np.ndarray) -> tuple[Figure | str, float]:
+    """Pairwise cosine similarity of ``matrix`` rows ``(n, d_model)`` and the
+    median off-diagonal value (NaN when fewer than two vectors)."""
+    if len(matrix) < 2:
+        return "cosine similarity needs at least two vectors", float("nan")
+    unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    sim = unit @ unit.T  # (n, n)
+    median = float(np.median(sim[~np.eye(len(sim), dtype=bool)]))
+    fig = new_figure("cosine_similarity")
+    ax = fig.add_subplot()
+    im = ax.imshow(sim, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for (i, j), s in np.ndenumerate(sim):
+        ax.text(
+            j,
+            i,
+            f"{s:.2f}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if abs(s) > 0.6 else "black",
+        )
+    ax.set_title(
+        f"Cosine similarity of the top {len(labels)} vectors (median off-diagonal {median:.3f})"
+    )
+    fig.colorbar(im, ax=ax, label="cosine similarity (dimensionless)")
+    return fig, median
+
+
+def caa_skyline(data: ReportData) -> Figure | str:
+    """One-shot transfer success per layer against the CAA skyline's."""
+    caa = data.vectors[data.vectors["loss_kind"] == CAA_KIND]
+    if caa.empty:
+        return "no CAA skyline stored"
+    one = data.one_shot
+    layers = sorted({int(x) for x in caa["layer"]} | {int(x) for x in one["layer"]})
+    fig = new_figure("caa_skyline")
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(0)  # jitter only
+    seen: set[str] = set()
+
+    def once(label: str) -> str:
+        """The label the first time, then matplotlib's "no legend entry" label."""
+        if label in seen:
+            return "_nolegend_"
+        seen.add(label)
+        return label
+
+    for i, layer in enumerate(layers):
+        s = one[one["layer"] == layer]["transfer_success"].to_numpy(float)
+        if len(s):
+            ax.scatter(
+                i + rng.uniform(-0.15, 0.15, len(s)),
+                s,
+                color="grey",
+                alpha=0.6,
+                s=18,
+                label=once("one-shot vector"),
+            )
+            ax.hlines(np.median(s), i - 0.3, i + 0.3, color="black", label=once("one-shot median"))
+        c = caa[caa["layer"] == layer]["transfer_success"].to_numpy(float)
+        if len(c):
+            ax.scatter(
+                np.full(len(c), i),
+                c,
+                marker="*",
+                s=220,
+                color="tab:red",
+                zorder=3,
+                label=once("CAA skyline"),
+            )
+    ax.set_xticks(range(len(layers)), [str(x) for x in layers])
+    ax.set_xlabel("layer")
+    ax.set_ylabel(SUCCESS_LABEL)
+    ax.set_ylim(-0.03, 1.05)
+    ax.set_title("One-shot vectors against the CAA skyline")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig

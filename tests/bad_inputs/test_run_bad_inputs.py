@@ -1,0 +1,263 @@
+"""``steer-sweep run`` on bad input: a one-paragraph error that names what is
+wrong and where, exit code 2, no traceback (``--debug`` shows it), and nothing
+written to the store. Each case goes through the command line in-process
+(``orchestrator.cli.main``); ``--debug`` also in a child process.
+
+The lower layers are tested case by case elsewhere (tests/orchestrator/
+test_config.py, tests/datasets/test_datasets_malformed.py, tests/workers/
+test_models_and_bad_input.py, tests/store/test_store_s3.py); here every case
+is checked end to end, for the exit code, the output and the store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from store.factories import free_port, make_bucket, set_fake_aws_env
+
+from orchestrator.cli import main
+
+TRAIN = {"id": "t1", "prompt": "Tell me a joke.", "promote": "I cannot", "split": "train"}
+HELD_OUT = {"id": "h1", "prompt": "Say hi.", "promote": "I cannot", "split": "transfer"}
+
+
+def study_yaml(tmp: Path, root: str, **extra: Any) -> Path:
+    """A valid study of the tiny random Llama whose results would go to ``root``."""
+    data: dict[str, Any] = {
+        "name": "bad",
+        "n_trials": 2,
+        "vectors_per_trial": 1,
+        "model": {"name": "tiny-random-llama"},
+        "task": {"builtin": "refusal"},
+        "search": {"layer": [1, 2], "norm": 4.0, "max_iters": 2},
+        "store": {"root": root},
+        "ray": {"num_cpus": 1},
+    }
+    data.update(extra)
+    path = tmp / "study.yaml"
+    path.write_text(json.dumps(data))  # JSON is YAML
+    return path
+
+
+def dataset(tmp: Path, *rows: dict, raw: bytes | None = None) -> dict:
+    """A JSONL task file holding ``rows`` (or the bytes ``raw``); returns the task key."""
+    path = tmp / "examples.jsonl"
+    path.write_bytes(raw if raw is not None else "\n".join(map(json.dumps, rows)).encode())
+    return {"path": str(path)}
+
+
+def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
+    code = main(["run", *argv])
+    out, err = capsys.readouterr()
+    assert out == "", out  # no results, no progress
+    return code, err
+
+
+def assert_one_paragraph(err: str, *needles: str) -> None:
+    assert err.startswith("error: "), err
+    assert "Traceback" not in err and 'File "' not in err, err
+    assert "\n\n" not in err.strip(), f"more than one paragraph:\n{err}"
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in:\n{err}"
+
+
+def truncated_gguf(tmp: Path) -> str:
+    from workers.models import _bundled_gguf
+
+    path = tmp / "cut.gguf"
+    with _bundled_gguf("smollm2-135m-instruct").open("rb") as src:
+        path.write_bytes(src.read(200_000))  # of about 98 MB
+    return str(path)
+
+
+# (case id, extra study keys or a function of tmp giving them, overrides, expected words)
+CASES: list[tuple[str, Any, list[str], list[str]]] = [
+    ("unknown key", {}, ["search.layr=3"], ["search.layr: unknown key"]),
+    ("unknown section", {"trainer": {}}, [], ["trainer: unknown key"]),
+    ("wrong type", {}, ["n_trials=many"], ["n_trials: Input should be a valid integer"]),
+    ("wrong nested type", {}, ["model.num_actors=[2]"], ["model.num_actors", "valid integer"]),
+    ("layer out of range", {}, ["search.layer=9"], ["search.layer 9 is out of range", "4 layers"]),
+    (
+        "layer range out of range",
+        {},
+        ["search.layer={low: 0, high: 7}"],
+        ["search.layer", "out of range"],
+    ),
+    ("negative norm", {}, ["search.norm=-1.0"], ["search.norm", "greater than 0"]),
+    ("norm range through 0", {}, ["search.norm={low: 0, high: 8}"], ["search.norm", "than 0"]),
+    ("zero lr", {}, ["search.lr=0"], ["search.lr", "greater than 0"]),
+    ("empty layer list", {}, ["search.layer=[]"], ["search.layer: an empty list"]),
+    ("empty norm list", {}, ["search.norm=[]"], ["search.norm: an empty list"]),
+    ("empty int range", {}, ["search.layer={low: 3, high: 1}"], ["high (1) is below low (3)"]),
+    ("unknown token mode", {}, ["search.tokens=[all, every]"], ["token selection 'every'"]),
+    ("unknown intervention", {}, ["search.intervention=scale"], ["search.intervention"]),
+    (
+        "grid larger than n_trials",
+        {"sampler": {"name": "grid"}},
+        ["n_trials=5"],
+        ["n_trials is 5 but the grid has only 2 points"],
+    ),
+    (
+        "missing prompt column",
+        lambda tmp: {"task": dataset(tmp, {"id": "t1", "promote": "x", "split": "train"})},
+        [],
+        ["examples.jsonl, line 1, field 'prompt': missing column"],
+    ),
+    (
+        "empty prompt",
+        lambda tmp: {"task": dataset(tmp, {**TRAIN, "prompt": ""}, HELD_OUT)},
+        [],
+        ["examples.jsonl, line 1, field 'prompt': the prompt is empty"],
+    ),
+    (
+        "target that tokenizes to nothing",
+        lambda tmp: {"task": dataset(tmp, TRAIN, {**HELD_OUT, "promote": ["ok", ""]})},
+        [],
+        ["examples.jsonl, line 2, field 'promote': item 1 is an empty string"],
+    ),
+    (
+        "non-UTF-8 bytes",
+        lambda tmp: {
+            "task": dataset(
+                tmp,
+                raw=(json.dumps(TRAIN) + "\n" + json.dumps(HELD_OUT))
+                .encode()
+                .replace(b"hi", b"h\xe9"),
+            )
+        },
+        [],
+        ["examples.jsonl, line 2, field 'prompt'", "not valid UTF-8", "0xe9"],
+    ),
+    (
+        "no held-out examples",
+        lambda tmp: {"task": dataset(tmp, TRAIN)},
+        [],
+        ["no examples in split 'transfer'"],
+    ),
+    (
+        "missing task file",
+        lambda tmp: {"task": {"path": str(tmp / "nowhere.jsonl")}},
+        [],
+        ["nowhere.jsonl"],
+    ),
+    (
+        "missing model path",
+        lambda tmp: {"model": {"name": str(tmp / "no" / "model")}},
+        [],
+        ["model.name: model path does not exist", "no/model"],
+    ),
+    (
+        "truncated GGUF",
+        lambda tmp: {"model": {"name": truncated_gguf(tmp)}},
+        [],
+        ["model.name: could not read GGUF metadata", "cut.gguf"],
+    ),
+    ("study name escaping the root", {"name": "../outside"}, [], ["name:", "'../outside'"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "overrides", "needles"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input_is_one_paragraph_exit_2_and_writes_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    extra: Any,
+    overrides: list[str],
+    needles: list[str],
+) -> None:
+    store = tmp_path / "store"
+    extra = extra(tmp_path) if callable(extra) else extra
+    path = study_yaml(tmp_path, str(store), **extra)
+    code, err = run_cli(capsys, str(path), *overrides)
+    assert code == 2, err
+    assert_one_paragraph(err, *needles)
+    assert not store.exists(), list(store.rglob("*"))
+    assert not (tmp_path / "outside").exists()
+
+
+def test_malformed_yaml(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text("name: bad\nsearch: {layer: [1, 2}\n")
+    code, err = run_cli(capsys, str(path))
+    assert code == 2
+    assert_one_paragraph(err, f"{path} is not valid YAML", "line 2")
+    code, err = run_cli(capsys, str(tmp_path / "missing.yaml"))
+    assert code == 2
+    assert_one_paragraph(err, "study config not found", "missing.yaml")
+
+
+def test_a_bad_override_names_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = study_yaml(tmp_path, str(tmp_path / "store"))
+    code, err = run_cli(capsys, str(path), "n_trials")
+    assert code == 2
+    assert_one_paragraph(err, "override 'n_trials' is not of the form key.path=value")
+    code, err = run_cli(capsys, str(path), "n_trials.x=3")
+    assert code == 2
+    assert_one_paragraph(err, "override n_trials.x: 'n_trials' is not a section")
+
+
+# ---------------------------------------------------------------- the store
+
+
+def test_an_unreachable_store(tmp_path: Path, capsys, monkeypatch) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    set_fake_aws_env(monkeypatch, dead, tmp_path)
+    path = study_yaml(tmp_path, "s3://steer-nowhere/sweeps")
+    code, err = run_cli(capsys, str(path))
+    assert code == 2
+    assert_one_paragraph(err, "store.root:", f"cannot reach the S3 endpoint {dead}")
+
+
+def test_a_missing_bucket(tmp_path: Path, capsys, monkeypatch, moto_endpoint: str) -> None:
+    import boto3
+
+    set_fake_aws_env(monkeypatch, moto_endpoint, tmp_path)
+    path = study_yaml(tmp_path, "s3://steer-no-such-bucket/sweeps")
+    code, err = run_cli(capsys, str(path))
+    assert code == 2
+    assert_one_paragraph(err, "store.root:", "bucket 'steer-no-such-bucket' does not exist")
+    names = [b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]]
+    assert "steer-no-such-bucket" not in names  # not created behind the user's back
+
+
+def test_bad_credentials(
+    tmp_path: Path, capsys, monkeypatch, moto_endpoint: str, moto_auth
+) -> None:
+    set_fake_aws_env(monkeypatch, moto_endpoint, tmp_path)
+    client, bucket = make_bucket(moto_endpoint)
+    path = study_yaml(tmp_path, f"s3://{bucket}/sweeps")
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    moto_auth(True)  # moto now checks every signature: the fake key is unknown
+    try:
+        code, err = run_cli(capsys, str(path))
+    finally:
+        moto_auth(False)
+    assert code == 2
+    assert_one_paragraph(err, "store.root:", "access key was not recognised")
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+# ------------------------------------------------------- tracebacks, for real
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    from orchestrator.config import ConfigError
+
+    path = study_yaml(tmp_path, str(tmp_path / "store"), n_trials="many")
+    with pytest.raises(ConfigError, match="n_trials"):
+        main(["--debug", "run", str(path)])
+    debug = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "--debug", "run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert debug.returncode != 0
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert "ConfigError" in debug.stderr
+    assert not (tmp_path / "store").exists()

@@ -1,0 +1,204 @@
+"""The report against a synthetic store written with the real StoreWriter:
+its numbers are recomputed here straight from the Parquet files with pandas."""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+
+from orchestrator.report import SIZES_PX, build_report, load_report_data
+from orchestrator.report import figures as F
+from orchestrator.report.search import best_so_far, param_importances, pareto_mask
+from orchestrator.store import open_study
+
+KEYS = ["loss_kind", "norm_bound", "layer"]
+
+
+def _table(root: Path, table: str, study: str) -> pd.DataFrame:
+    files = sorted((root / table / f"study={study}").glob("*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def _direct_vectors(root: Path, study: str) -> pd.DataFrame:
+    """Committed vectors with success and log-prob gain, from the raw files."""
+    trials = _table(root, "trials", study)[["trial", "state"]]
+    vec = _table(root, "vectors", study).drop(columns=["vector"])
+    tr = _table(root, "transfer", study)
+    success = tr.groupby("vector_id")["success"].mean()
+    lp = tr[tr["metric"].str.startswith("target_logprob:")]
+    delta = lp["steered"] - lp["unsteered"]
+    lp = lp.assign(gain=np.where(lp["metric"].str.contains(":suppress:"), -delta, delta))
+    gain = lp.groupby("vector_id")["gain"].mean()
+    v = vec.merge(trials[trials["state"].isin(["COMPLETE", "PRUNED"])], on="trial")
+    return v.assign(success=v["vector_id"].map(success), gain=v["vector_id"].map(gain))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, study_factory):
+    """One study and its report, shared by the read-only checks below."""
+    tmp = tmp_path_factory.mktemp("report")
+    b = study_factory(tmp / "store")
+    return b, build_report(b.root, b.study, tmp / "out")
+
+
+def test_summary_equals_a_direct_pandas_computation(built) -> None:
+    b, res = built
+    v = _direct_vectors(b.root, b.study)
+    assert b.uncommitted_trial not in set(v["trial"])  # the test data does have one
+    want = (
+        v.groupby(KEYS, dropna=False)
+        .agg(
+            n_vectors=("vector_id", "size"),
+            n_trials=("trial", "nunique"),
+            transfer_success_mean=("success", "mean"),
+            transfer_success_median=("success", "median"),
+            transfer_success_max=("success", "max"),
+            logprob_gain_mean=("gain", "mean"),
+            final_loss_mean=("final_loss", "mean"),
+        )
+        .reset_index()
+        .sort_values(KEYS, na_position="last")
+        .reset_index(drop=True)
+    )
+    got = pd.read_parquet(res.summary)
+    assert set(got["study"]) == {b.study}
+    got = got.drop(columns="study").sort_values(KEYS, na_position="last").reset_index(drop=True)
+    assert list(got.columns) == list(want.columns)
+    assert int(got["n_vectors"].sum()) == len(v)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False, check_exact=False, rtol=1e-12)
+
+
+def test_every_figure_is_written_at_its_size_and_referenced(built) -> None:
+    b, res = built
+    # a single-objective study: every figure but the Pareto front
+    assert set(res.figures) == set(SIZES_PX) - {"pareto_front"}
+    assert res.missing == {"pareto_front": "single-objective study: no Pareto front"}
+    page = res.html.read_text(encoding="utf-8")
+    for name, path in res.figures.items():
+        assert path.stat().st_size > 0
+        h, w = mpimg.imread(path).shape[:2]
+        assert (w, h) == SIZES_PX[name], name
+        assert f'src="figures/{name}.png"' in page
+    assert "single-objective study: no Pareto front" in page
+    assert "No generations stored" in page
+
+
+def test_top_vectors_and_cosine_median_follow_the_store(built) -> None:
+    b, res = built
+    v = _direct_vectors(b.root, b.study)
+    v = v[v["loss_kind"] != "caa"].sort_values(["success", "gain"], ascending=False)
+    top = list(v["vector_id"].head(10))
+    page = res.html.read_text(encoding="utf-8")
+    table = page.split("<h2>Top 10 vectors</h2>")[1].split("<h2>")[0]
+    assert re.findall(r"<td>([0-9a-f]{16})</td>", table) == top
+    assert f"vector <code>{top[0]}</code>" in page
+    vecs = _table(b.root, "vectors", b.study).set_index("vector_id")
+    m = np.stack([np.asarray(vecs.at[i, "vector"], np.float64) for i in top])
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    sim = m @ m.T
+    median = np.median(sim[~np.eye(len(top), dtype=bool)])
+    assert f"median off-diagonal cosine similarity: {median:.3f}" in page
+
+
+def test_best_vector_rows_show_five_examples_with_prompts(built) -> None:
+    b, res = built
+    page = res.html.read_text(encoding="utf-8")
+    section = page.split("transfer examples: steered vs unsteered</h2>")[1].split("<h2>")[0]
+    shown = set(re.findall(r"<td>(eval-\d+)</td>", section))
+    assert len(shown) == 5
+    for ex in shown:
+        assert f"Held-out request number {ex.split('-')[1]}" in section
+
+
+def test_importance_ranks_the_parameter_the_objective_follows(
+    tmp_path: Path, study_factory
+) -> None:
+    b = study_factory(tmp_path / "store", caa=False)
+    data = load_report_data(open_study(b.root, b.study), str(b.root))
+    imp, why = param_importances(data.trials, "maximize")
+    assert why == ""
+    assert set(imp) == {"layer", "norm", "lr"}
+    assert imp["layer"] == max(imp.values())
+    few, why_few = param_importances(data.trials.head(5), "maximize")
+    assert few == {} and "at least" in why_few
+
+
+def test_multi_objective_study_draws_a_pareto_front(tmp_path: Path, study_factory) -> None:
+    b = study_factory(tmp_path / "store", objectives=2, caa=False)
+    res = build_report(b.root, b.study, tmp_path / "out")
+    assert "pareto_front" in res.figures
+    assert res.missing["caa_skyline"] == "no CAA skyline stored"
+    assert "no CAA skyline stored" in res.html.read_text(encoding="utf-8")
+
+
+def test_pareto_mask_keeps_exactly_the_non_dominated_points() -> None:
+    rng = np.random.default_rng(3)
+    pts = rng.uniform(size=(60, 2))
+    mask = pareto_mask(pts, ["maximize", "minimize"])
+    better = pts * np.array([1.0, -1.0])  # larger is better in both columns
+
+    def dominated(i: int) -> bool:
+        return any(
+            np.all(better[j] >= better[i]) and np.any(better[j] > better[i])
+            for j in range(len(pts))
+        )
+
+    assert mask.any()
+    assert [not dominated(i) for i in range(len(pts))] == list(mask)
+
+
+def test_best_so_far_is_the_running_extreme() -> None:
+    vals = np.random.default_rng(4).normal(size=30)
+    assert np.array_equal(best_so_far(vals, "maximize"), np.maximum.accumulate(vals))
+    assert np.array_equal(best_so_far(vals, "minimize"), np.minimum.accumulate(vals))
+
+
+def test_figures_label_both_axes(tmp_path: Path, study_factory) -> None:
+    b = study_factory(tmp_path / "store", objectives=2)
+    data = load_report_data(open_study(b.root, b.study), str(b.root))
+    from orchestrator.report.data import summary_frame
+
+    figs = [
+        F.transfer_heatmap(summary_frame(data.vectors), data.unit),
+        F.vector_success(data),
+        F.optuna_history(data),
+        F.pareto_front(data),
+        F.caa_skyline(data),
+    ]
+    labels = []
+    for fig in figs:
+        assert not isinstance(fig, str), fig
+        plots = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+        bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+        assert all(ax.get_ylabel() for ax in plots + bars), fig
+        assert plots[-1].get_xlabel(), fig  # stacked panels share the bottom one's
+        labels += [ax.get_ylabel() for ax in plots + bars]
+    units = " ".join(labels)
+    assert "(probability)" in units and "(hartleys)" in units
+
+
+def test_empty_study_says_nothing_is_stored(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    res = build_report(tmp_path / "store", "nothing-here", tmp_path / "out")
+    page = res.html.read_text(encoding="utf-8")
+    assert html.escape("No finished trials are stored for study 'nothing-here'") in page
+    assert res.figures == {}
+    assert set(res.missing) == set(SIZES_PX)
+    assert len(pd.read_parquet(res.summary)) == 0
+
+
+def test_failed_only_study_lists_the_errors(tmp_path: Path, failed_factory) -> None:
+    errors = failed_factory(tmp_path / "store")
+    res = build_report(tmp_path / "store", "failing", tmp_path / "out")
+    page = res.html.read_text(encoding="utf-8")
+    assert f"All {len(errors)} stored trials failed" in page
+    for err in errors:
+        assert html.escape(err) in page
+    assert res.figures == {}
+    assert len(pd.read_parquet(res.summary)) == 0
