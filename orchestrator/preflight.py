@@ -17,7 +17,7 @@ from orchestrator.config import ModelConfig, StudyConfig
 from orchestrator.space import _tokens as token_selection
 from orchestrator.space import distributions, fixed_params, grid, resolve_layers
 from workers.examples import Example
-from workers.models import ModelShape, ModelSpec, peek_shape
+from workers.models import Codec, ModelShape, ModelSpec, load_codec, peek_shape
 from workers.tasks import EvalSpec
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,25 @@ def _check_space(config: StudyConfig, space: Any, train: list[Example]) -> None:
             )
 
 
+def check_lengths(codec: Codec, examples: list[Example]) -> None:
+    """Every prompt plus its longest target fits the model's context, and no
+    prompt or target encodes to nothing (the same encoding the workers use)."""
+    for ex in examples:
+        where = f"{ex.split} example '{ex.id}'"
+        try:
+            n = len(codec.encode_prompt(ex.prompt))
+            lengths = [(text, n + len(codec.encode_target(text))) for text, _, _ in ex.targets()]
+        except ValueError as exc:
+            raise PreflightError(f"{where}: {exc}") from None
+        for text, total in [("", n), *lengths]:
+            if total > codec.max_context:
+                what = f"its prompt plus target {text[:40]!r}" if text else "its prompt"
+                raise PreflightError(
+                    f"{where}: {what} is {total} tokens, longer than the context of "
+                    f"{codec.model_id} ({codec.max_context} tokens); shorten it or drop the example"
+                )
+
+
 def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
     """Validate a study against its model, data and store; see the module docstring."""
     from orchestrator.store import StoreConfigError, check_store
@@ -142,6 +161,11 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
     if not transfer:
         raise PreflightError(f"the task has no examples in split '{config.task.transfer_split}'")
     _check_space(config, space, train)
+    codec = load_codec(spec)
+    if codec is not None:
+        check_lengths(codec, train + transfer)
+    else:
+        log.info("%s: prompt lengths are checked when the model loads", config.model.name)
     ev = config.evaluation
     evaluation = EvalSpec(
         examples=tuple(transfer),

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from workers.models import ModelSpec, load_model
+from workers.optimizer import EngineStats
 from workers.tasks import EvalSpec, VectorOutcome, VectorTask, run_tasks
 
 log = logging.getLogger(__name__)
@@ -73,16 +74,21 @@ class SteeringWorker:
         started = time.perf_counter()
         # One engine run: at most max_batch_jobs rows at a time, a finished
         # row taking the next task (continuous batching).
+        stats = EngineStats()
         outcomes = run_tasks(
-            self.lm, self.evaluation, tasks, self._unsteered, max_batch_jobs=self.max_batch_jobs
+            self.lm,
+            self.evaluation,
+            tasks,
+            self._unsteered,
+            max_batch_jobs=self.max_batch_jobs,
+            stats=stats,
         )
         elapsed = time.perf_counter() - started
-        steps = sum(o.result.iterations for o in outcomes if o.result is not None)
         self._metrics.record(
             done=sum(o.error is None for o in outcomes),
             failed=sum(o.error is not None for o in outcomes),
-            steps_per_s=len(tasks) and steps / max(elapsed, 1e-9),
-            occupancy=min(len(tasks), self.max_batch_jobs) / self.max_batch_jobs,
+            steps_per_s=stats.vector_steps / max(elapsed, 1e-9),
+            occupancy=stats.occupancy,
         )
         return outcomes
 

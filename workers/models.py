@@ -198,40 +198,24 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-class LoadedModel:
-    """A frozen causal LM with its tokenizer and decoder blocks resolved.
+def context_of(config: Any) -> int:
+    """The longest sequence a model config allows, in tokens (2048 if it does not say)."""
+    context: Any = getattr(config, "max_position_embeddings", None)
+    return int(context or getattr(config, "n_positions", None) or 2048)
 
-    Attributes: ``model`` (the ``*ForCausalLM``), ``tokenizer``, ``layers``
-    (the ``ModuleList`` of blocks), ``n_layers``, ``d_model``, ``vocab_size``,
-    ``max_context`` (tokens), ``model_id`` and ``revision`` (for result records).
+
+class Codec:
+    """A model's tokenizer and prompt formatting, without its weights.
+
+    :class:`LoadedModel` is one; :func:`load_codec` makes one cheaply, so a
+    study can check its prompts against the model's context before any actor
+    loads the model.
     """
 
-    def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        *,
-        model_id: str,
-        revision: str = "unknown",
-        layers_path: str | None = None,
-    ) -> None:
-        model.eval()
-        for param in model.parameters():
-            param.requires_grad_(False)
-        self.model: Any = model
+    def __init__(self, tokenizer: Any, *, model_id: str, max_context: int) -> None:
         self.tokenizer: Any = tokenizer
-        self.layers = resolve_layers(model, layers_path)
         self.model_id = model_id
-        self.revision = revision
-        config = model.config
-        self.n_layers = len(self.layers)
-        self.d_model = int(config.hidden_size)
-        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
-        context: Any = getattr(config, "max_position_embeddings", None)
-        self.max_context = int(context or getattr(config, "n_positions", None) or 2048)
-        first = next(model.parameters())
-        self.device = first.device
-        self.dtype = first.dtype
+        self.max_context = max_context
 
     @property
     def has_chat_template(self) -> bool:
@@ -272,6 +256,39 @@ class LoadedModel:
         if not ids:
             raise ValueError(f"target {text!r} tokenizes to nothing")
         return ids
+
+
+class LoadedModel(Codec):
+    """A frozen causal LM with its tokenizer and decoder blocks resolved.
+
+    Attributes: ``model`` (the ``*ForCausalLM``), ``tokenizer``, ``layers``
+    (the ``ModuleList`` of blocks), ``n_layers``, ``d_model``, ``vocab_size``,
+    ``max_context`` (tokens), ``model_id`` and ``revision`` (for result records).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_id: str,
+        revision: str = "unknown",
+        layers_path: str | None = None,
+    ) -> None:
+        super().__init__(tokenizer, model_id=model_id, max_context=context_of(model.config))
+        model.eval()
+        for param in model.parameters():
+            param.requires_grad_(False)
+        self.model: Any = model
+        self.layers = resolve_layers(model, layers_path)
+        self.revision = revision
+        config = model.config
+        self.n_layers = len(self.layers)
+        self.d_model = int(config.hidden_size)
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        first = next(model.parameters())
+        self.device = first.device
+        self.dtype = first.dtype
 
 
 def load_model(spec: ModelSpec | str) -> LoadedModel:
@@ -344,6 +361,43 @@ def _gguf_shape(path: Path) -> ModelShape:
     except Exception as exc:  # noqa: BLE001 - any parser error means a bad file
         raise ModelLoadError(f"could not read GGUF metadata of {path}: {exc}") from exc
     return ModelShape(blocks, width)
+
+
+def load_codec(spec: ModelSpec | str) -> Codec | None:
+    """The model's tokenizer and context length without its weights, or ``None``
+    when that needs the weights' file parsed (a GGUF not yet converted) or the
+    tokenizer cannot be read here; the caller then checks on the actor."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if isinstance(spec, str):
+        spec = ModelSpec(spec)
+    name = spec.name
+    if name.startswith(TINY_PREFIX):
+        from workers.tiny import tiny_config, tiny_tokenizer
+
+        tokenizer = tiny_tokenizer()
+        config = tiny_config(name[len(TINY_PREFIX) :], len(tokenizer))
+        return Codec(tokenizer, model_id=name, max_context=context_of(config))
+    if name in BUNDLED_MODELS:
+        source = str(cache_root(spec.cache_dir) / name)
+        if not (Path(source) / "config.json").is_file():
+            return None
+    elif name.endswith(".gguf"):
+        return None
+    else:
+        source, _ = resolve_source(spec)
+    try:
+        kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+        config = AutoConfig.from_pretrained(source, revision=spec.revision, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision, **kwargs)
+    except (OSError, ValueError) as exc:
+        log.info(
+            "no tokenizer for %s before loading it (%s); prompts are checked on the actor",
+            name,
+            exc,
+        )
+        return None
+    return Codec(tokenizer, model_id=name, max_context=context_of(config))
 
 
 def peek_shape(spec: ModelSpec | str) -> ModelShape:

@@ -266,11 +266,12 @@ class EngineStats:
 class _Job:
     """One job while it waits, runs or is paused; its tensors live in the :class:`_Bank`."""
 
-    def __init__(self, enc: EncodedJob) -> None:
+    def __init__(self, enc: EncodedJob, n_layers: int) -> None:
         job = enc.job
         self.enc = enc
         self.rank = _job_rank(job)
         self.layer = min(enc.layers)
+        self.depth = n_layers - self.layer  # blocks its rows run
         self.bound = job.norm_bound if job.norm_bound is not None else math.inf
         self.state = _RowState(job)
         self.thresholds = [t[3] for t in enc.terms]
@@ -280,7 +281,7 @@ class _Job:
 
     def request(self) -> Request:
         lengths = [len(s.ids) for s in self.enc.seqs]
-        return Request(self.enc.job.job_id, len(lengths), max(lengths), self.layer)
+        return Request(self.enc.job.job_id, len(lengths), max(lengths), self.depth)
 
 
 def optimize(
@@ -341,7 +342,7 @@ class _Engine:
         self._static: tuple[Any, ...] | None = None
 
     def run(self, encoded: list[EncodedJob], progress: ProgressFn | None) -> list[VectorResult]:
-        jobs = {e.job.job_id: _Job(e) for e in encoded}
+        jobs = {e.job.job_id: _Job(e, self.lm.n_layers) for e in encoded}
         R = max((j.rank for j in jobs.values()), default=0)
         self.bank = _Bank(self.lm.d_model, R, self.lm.device)
         self.stats.prefix_reuse = self.reuse

@@ -13,11 +13,13 @@ alone:
 - At each prefix layer, a pre-hook (ahead of any steering hook) swaps in the
   cached states of the rows that resume there.
 
+- Blocks between the batch's lowest and highest prefix layer run only on the
+  rows that have started (the block's batched inputs are cut to those rows),
+  so rows at different layers share a batch without computing blocks below
+  their own layer.
+
 The backward pass then starts at the steering layer as well, since nothing
-below it is part of the graph. Rows that resume at a higher layer than the
-batch's lowest ride through the blocks in between on placeholder states that
-are replaced before they matter: correct, but wasted work, which is why the
-scheduler groups jobs by layer.
+below it is part of the graph.
 
 A family whose blocks cannot be passed through (the probe fails) falls back
 to full forward passes, with a warning that names it.
@@ -154,6 +156,28 @@ def _pass_through(fmt: int, *args: Any, **kwargs: Any) -> Any:
     return hidden if fmt == 0 else (hidden, *([None] * (fmt - 1)))
 
 
+def _take(value: Any, rows: Tensor, S: int) -> Any:
+    """``value`` cut to ``rows`` along its batch dimension, if it has one of size ``S``.
+
+    Only tensors of two or more dimensions count: a 1-D tensor (such as
+    positions) of length ``S`` is not a batch."""
+    if isinstance(value, Tensor) and value.dim() >= 2 and value.shape[0] == S:
+        return value.index_select(0, rows)
+    if isinstance(value, tuple):
+        return tuple(_take(v, rows, S) for v in value)
+    return value
+
+
+def _rows_only(fmt: int, forward: Any, rows: Tensor, *args: Any, **kwargs: Any) -> Any:
+    """Run a block on ``rows`` only; the other rows pass through unchanged."""
+    hidden = _hidden_arg(args, kwargs)
+    S = hidden.shape[0]
+    out = forward(*_take(args, rows, S), **{k: _take(v, rows, S) for k, v in kwargs.items()})
+    states = out if fmt == 0 else out[0]
+    full = hidden.index_copy(0, rows, states.to(hidden.dtype))
+    return full if fmt == 0 else (full, *([None] * (fmt - 1)))
+
+
 def _swap_in(
     prefix: Tensor, rows: Tensor, _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -165,8 +189,10 @@ def _swap_in(
 
 @contextmanager
 def resume(lm: LoadedModel, prefix: Tensor, row_layer: Sequence[int]) -> Iterator[None]:
-    """Inside the block, a forward pass of the base model skips the blocks below
-    ``min(row_layer)`` and starts row ``i`` from ``prefix[i]`` at block ``row_layer[i]``.
+    """Inside the block, a forward pass of the base model starts row ``i`` from
+    ``prefix[i]`` at block ``row_layer[i]``: blocks below the lowest of them are
+    skipped, and each block below the highest runs only the rows that have
+    started, so no row computes a block below its own layer.
 
     Enter it *before* attaching steering hooks, or register those with
     ``prepend=False`` (the default): the swap is prepended so it always runs first.
@@ -174,15 +200,20 @@ def resume(lm: LoadedModel, prefix: Tensor, row_layer: Sequence[int]) -> Iterato
     fmt = block_output_format(lm)
     if fmt is None:
         raise RuntimeError("prefix reuse is not available for this model")
-    low = min(row_layer)
+    low, top = min(row_layer), max(row_layer)
     layer_of = torch.tensor(list(row_layer), device=prefix.device)
     patched: list[tuple[nn.Module, Any]] = []
     handles = []
     try:
-        for i in range(low):
+        for i in range(top):
             block = lm.layers[i]
-            patched.append((block, block.__dict__.get("forward")))
-            block.forward = partial(_pass_through, fmt)
+            own = block.__dict__.get("forward")
+            patched.append((block, own))
+            if i < low:
+                block.forward = partial(_pass_through, fmt)
+            else:
+                rows = (layer_of <= i).nonzero().flatten()
+                block.forward = partial(_rows_only, fmt, own or block.forward, rows)
         for layer in sorted(set(row_layer)):
             rows = (layer_of == layer).nonzero().flatten()
             hook = partial(_swap_in, prefix, rows)

@@ -3,19 +3,20 @@
 Plain Python, no torch, so it is testable without a model (the same split as
 an inference server's scheduler and its model runner).
 
-The cost of a batch is what the model actually computes: every sequence is
-padded to the longest one, so ``cost = n_sequences * longest``. A job is
-admitted while the running batch, with it, stays within ``token_budget`` and
-``max_rows`` jobs.
+The size of a batch is what it holds in memory per block: every sequence is
+padded to the longest one, so ``cost = n_sequences * longest`` tokens. A job
+is admitted while the running batch, with it, stays within ``token_budget``
+and ``max_rows`` jobs.
 
 Choosing among waiting jobs:
 
-- **Grouping and length bucketing.** A job's ``group`` is the first layer it
-  steers: rows of one group resume from their cached prefix at the same
-  layer, so the engine wastes no block work on them. The scheduler admits
-  the waiting job that adds the fewest wasted token positions: padding
-  (its own, or everyone's if it becomes the longest), plus half its tokens
-  if its group is not the batch's dominant one.
+- **Least waste.** A job's ``depth`` is the number of blocks its rows run
+  (from its steering layer to the top). Every row is padded to the batch's
+  longest sequence, so a batch computes ``longest * sum(n_seqs * depth)``
+  block-token positions. The scheduler admits the waiting job whose useful
+  work (``n_seqs * length * depth``) leaves the least of that unused: jobs of
+  similar length batch together (length bucketing), and padding in deep jobs
+  counts for more than in shallow ones.
 - **No starvation.** Each later arrival admitted ahead of a job counts
   against it; once ``max_wait`` jobs have overtaken it, it goes first, and
   nothing else is admitted ahead of it until it fits.
@@ -40,14 +41,14 @@ from dataclasses import dataclass
 class Request:
     """One job as the scheduler sees it.
 
-    ``n_seqs`` sequences, the longest ``length`` tokens; ``group`` is the
-    first steered layer.
+    ``n_seqs`` sequences, the longest ``length`` tokens; ``depth`` blocks
+    from its first steered layer to the top.
     """
 
     key: str
     n_seqs: int
     length: int
-    group: int = 0
+    depth: int = 1
 
     @property
     def tokens(self) -> int:
@@ -59,6 +60,13 @@ class _Waiting:
     request: Request
     order: int  # arrival rank; lower goes first on ties
     passed_over: int = 0
+
+
+def _waste(r: Request, deep_seqs: int, longest: int) -> int:
+    """Block-token positions computed but unused if ``r`` joins a batch whose rows
+    hold ``deep_seqs`` = sum of sequences x depth, the longest ``longest``."""
+    total = max(longest, r.length) * (deep_seqs + r.n_seqs * r.depth)
+    return total - longest * deep_seqs - r.tokens * r.depth
 
 
 class SchedulerError(ValueError):
@@ -98,6 +106,8 @@ class Scheduler:
                 raise SchedulerError(f"job '{r.key}' is already scheduled")
             if r.n_seqs < 1 or r.length < 1:
                 raise SchedulerError(f"job '{r.key}' has no tokens")
+            if r.depth < 1:
+                raise SchedulerError(f"job '{r.key}' runs no blocks")
             known.add(r.key)
         self._rng.shuffle(batch)
         for r in batch:
@@ -124,51 +134,43 @@ class Scheduler:
             return 0
         return sum(r.n_seqs for r in rs) * max(r.length for r in rs)
 
-    def _fits(self, extra: Request) -> bool:
+    def _fits(self, r: Request, seqs: int, longest: int) -> bool:
+        """Whether ``r`` may join a batch of ``seqs`` sequences, the longest ``longest``."""
         if self.max_rows is not None and len(self.running) >= self.max_rows:
             return False
         if not self.running:
             return True  # a job alone always runs; the engine handles a real OOM
         if self.token_budget is None:
             return True
-        return self.cost([*self.running, extra]) <= self.token_budget
+        return (seqs + r.n_seqs) * max(longest, r.length) <= self.token_budget
 
     # -- admission ---------------------------------------------------------
-    def _added_waste(self, w: _Waiting, group: int | None, seqs: int, longest: int) -> int:
-        """Wasted token positions if ``w`` joined: its padding (or everyone's, if it
-        is the new longest), plus half its tokens when it resumes at another layer
-        than the batch's usual one (the blocks it passes on placeholder states)."""
-        r = w.request
-        if not seqs:
+    @staticmethod
+    def work(requests: Iterable[Request]) -> int:
+        """Block-token positions a batch computes: longest x sum of sequences x depth."""
+        rs = list(requests)
+        if not rs:
             return 0
-        if r.length > longest:
-            pad = seqs * (r.length - longest)
-        else:
-            pad = r.n_seqs * (longest - r.length)
-        return pad + (r.tokens // 2 if group is not None and r.group != group else 0)
+        return max(r.length for r in rs) * sum(r.n_seqs * r.depth for r in rs)
 
     def admit(self) -> list[Request]:
         """Move waiting jobs into the batch while they fit; returns the admitted ones."""
         admitted: list[Request] = []
         while self.waiting:
+            seqs = sum(r.n_seqs for r in self.running)
+            longest = max((r.length for r in self.running), default=0)
+            deep_seqs = sum(r.n_seqs * r.depth for r in self.running)
             overdue = [w for w in self.waiting if w.passed_over >= self.max_wait]
             if overdue:
+                # An overdue job holds the door: nothing else goes ahead of it.
                 pick = min(overdue, key=lambda w: w.order)
-            else:
-                group = self._dominant_group()
-                seqs = sum(r.n_seqs for r in self.running)
-                longest = max((r.length for r in self.running), default=0)
-                pick = min(
-                    self.waiting,
-                    key=lambda w: (self._added_waste(w, group, seqs, longest), w.order),
-                )
-            if not self._fits(pick.request):
-                # An overdue job holds the door. Otherwise a smaller job of the
-                # same group may still fit; any other job would undo the bucketing.
-                smaller = None if overdue else self._smaller_fit(pick)
-                if smaller is None:
+                if not self._fits(pick.request, seqs, longest):
                     break
-                pick = smaller
+            else:
+                fitting = [w for w in self.waiting if self._fits(w.request, seqs, longest)]
+                if not fitting:
+                    break
+                pick = min(fitting, key=lambda w: (_waste(w.request, deep_seqs, longest), w.order))
             self.waiting.remove(pick)
             self.running.append(pick.request)
             admitted.append(pick.request)
@@ -176,23 +178,6 @@ class Scheduler:
                 if w.order < pick.order:
                     w.passed_over += 1  # overtaken by a later arrival
         return admitted
-
-    def _smaller_fit(self, first: _Waiting) -> _Waiting | None:
-        group = first.request.group
-        for w in sorted(self.waiting, key=lambda w: w.order):
-            if w.request.group == group and w.request.tokens <= first.request.tokens:
-                if self._fits(w.request):
-                    return w
-        return None
-
-    def _dominant_group(self) -> int | None:
-        if not self.running:
-            # Start with the group of the longest-waiting job.
-            return min(self.waiting, key=lambda w: w.order).request.group if self.waiting else None
-        counts: dict[int, int] = {}
-        for r in self.running:
-            counts[r.group] = counts.get(r.group, 0) + r.n_seqs
-        return max(sorted(counts), key=lambda g: counts[g])
 
     # -- out of memory -----------------------------------------------------
     def shrink(self) -> list[Request]:

@@ -21,7 +21,7 @@ from workers.examples import Example
 from workers.jobs import Prompt, VectorJob, VectorResult
 from workers.judges import ContainsAny, Judge, LacksAll
 from workers.models import LoadedModel
-from workers.optimizer import optimize
+from workers.optimizer import EngineStats, optimize
 from workers.reentrant import ReentrantJob, optimize_reentrant
 from workers.transfer import (
     Generation,
@@ -83,7 +83,10 @@ class VectorOutcome:
 
 
 def _optimize_isolated(
-    lm: LoadedModel, tasks: Sequence[VectorTask], max_batch_jobs: int | None = None
+    lm: LoadedModel,
+    tasks: Sequence[VectorTask],
+    max_batch_jobs: int | None = None,
+    stats: EngineStats | None = None,
 ) -> dict[str, VectorResult | str]:
     """Optimize ``tasks`` together; if the batch raises, retry each alone so one
     bad job cannot fail its neighbours. Returns a result or an error per vector id."""
@@ -91,7 +94,11 @@ def _optimize_isolated(
     def run(group: Sequence[VectorTask]) -> list[VectorResult]:
         plain = [t for t in group if t.reentrant is None]
         reent = [t for t in group if t.reentrant is not None]
-        out = optimize(lm, [t.job for t in plain], max_batch_jobs=max_batch_jobs) if plain else []
+        out = (
+            optimize(lm, [t.job for t in plain], max_batch_jobs=max_batch_jobs, stats=stats)
+            if plain
+            else []
+        )
         if reent:
             out += [r.stage2 for r in optimize_reentrant(lm, [t.reentrant for t in reent])]  # type: ignore[misc]
         by_id = {r.job_id: r for r in out}
@@ -177,12 +184,14 @@ def run_tasks(
     tasks: Sequence[VectorTask],
     cache: dict[tuple[str, float], list[float]] | None = None,
     max_batch_jobs: int | None = None,
+    stats: EngineStats | None = None,
 ) -> list[VectorOutcome]:
     """Validate, optimize and evaluate a batch of tasks; one outcome per task, in order.
 
     At most ``max_batch_jobs`` vectors are optimized at once (continuous
     batching: a finished row takes the next task). ``cache`` keeps unsteered
-    values between calls (see ``target_logprobs``)."""
+    values between calls (see ``target_logprobs``); ``stats`` receives the
+    engine's counters (steps, occupancy)."""
     outcomes = {t.vector_id: VectorOutcome(t.vector_id, t.trial, t.example_id) for t in tasks}
     valid = []
     for task in tasks:
@@ -192,7 +201,7 @@ def run_tasks(
         except JobError as exc:
             outcomes[task.vector_id].error = str(exc)
     started = time.perf_counter()
-    results = _optimize_isolated(lm, valid, max_batch_jobs) if valid else {}
+    results = _optimize_isolated(lm, valid, max_batch_jobs, stats) if valid else {}
     opt_s = (time.perf_counter() - started) / max(len(valid), 1)
     vectors, jobs_by_id = [], {}
     for task in valid:

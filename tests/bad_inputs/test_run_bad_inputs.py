@@ -120,6 +120,12 @@ CASES: list[tuple[str, Any, list[str], list[str]]] = [
         ["examples.jsonl, line 2, field 'promote': item 1 is an empty string"],
     ),
     (
+        "prompt longer than the context",
+        lambda tmp: {"task": dataset(tmp, TRAIN, {**HELD_OUT, "prompt": "Say hi. " * 200})},
+        [],
+        ["transfer example 'h1'", "longer than the context of tiny-random-llama (256 tokens)"],
+    ),
+    (
         "non-UTF-8 bytes",
         lambda tmp: {
             "task": dataset(

@@ -9,14 +9,11 @@ import pytest
 from workers.scheduler import Request, Scheduler, SchedulerError
 
 
-def fake_requests(n: int, seed: int, groups: int = 3) -> list[Request]:
+def fake_requests(n: int, seed: int) -> list[Request]:
     rng = random.Random(seed)
     return [
         Request(
-            f"r{i}",
-            n_seqs=rng.randint(1, 3),
-            length=rng.randint(5, 60),
-            group=rng.randrange(groups),
+            f"r{i}", n_seqs=rng.randint(1, 3), length=rng.randint(5, 60), depth=rng.randint(1, 9)
         )
         for i in range(n)
     ]
@@ -66,8 +63,8 @@ def test_every_job_runs_exactly_its_steps() -> None:
 
 
 def test_no_starvation_of_a_long_job_among_short_ones() -> None:
-    short = [Request(f"s{i}", 1, 10, group=0) for i in range(200)]
-    long = Request("long", 2, 90, group=5)  # other group, far longer: ranked last
+    short = [Request(f"s{i}", 1, 10, depth=4) for i in range(200)]
+    long = Request("long", 2, 90, depth=9)  # far longer and deeper: the most waste
     sched = Scheduler(token_budget=200, max_rows=8, max_wait=4, seed=0)
     sched.add(short[:8])  # the batch starts full of short jobs
     sched.add([long])
@@ -84,7 +81,7 @@ def test_no_starvation_of_a_long_job_among_short_ones() -> None:
 
 def test_order_is_deterministic_for_a_seed() -> None:
     def run(seed: int) -> list[list[str]]:
-        reqs = [Request(f"r{i}", 1, 20, group=0) for i in range(30)]  # all ties
+        reqs = [Request(f"r{i}", 1, 20) for i in range(30)]  # all ties
         sched = Scheduler(max_rows=4, seed=seed)
         sched.add(reqs)
         return drain(sched, {r.key: 1 + int(r.key[1:]) % 3 for r in reqs})
@@ -93,18 +90,21 @@ def test_order_is_deterministic_for_a_seed() -> None:
     assert run(11) != run(12)
 
 
-def test_grouping_and_length_bucketing_reduce_padding() -> None:
+def test_least_waste_admission_groups_lengths_and_layers() -> None:
     rng = random.Random(5)
-    reqs = [Request(f"r{i}", 1, rng.choice([20, 200]), group=rng.randrange(6)) for i in range(120)]
+    reqs = [
+        Request(f"r{i}", 1, rng.choice([20, 200]), depth=rng.choice([5, 10, 15, 20, 25, 30]))
+        for i in range(120)
+    ]
+    by_key = {r.key: r for r in reqs}
 
     def waste(max_wait: int) -> float:
         sched = Scheduler(max_rows=8, max_wait=max_wait, seed=0)
         sched.add(reqs)
-        by_key = {r.key: r for r in reqs}
         steps = drain(sched, {r.key: 3 for r in reqs})
-        padded = sum(Scheduler.cost(by_key[k] for k in b) for b in steps)
-        real = sum(by_key[k].tokens for b in steps for k in b)
-        return 1 - real / padded
+        work = sum(Scheduler.work(by_key[k] for k in b) for b in steps)
+        useful = sum(by_key[k].tokens * by_key[k].depth for b in steps for k in b)
+        return 1 - useful / work
 
     # max_wait=0 makes every job overdue at once: plain arrival order.
     assert waste(max_wait=64) < waste(max_wait=0) / 2
