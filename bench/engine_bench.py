@@ -139,6 +139,17 @@ def reset_peak() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def rates(done: int, work: float, secs: float) -> dict[str, float]:
+    """Vector-steps/s, achieved TFLOP/s and peak memory of a timed run."""
+    return {
+        "vector_steps_per_s": done / secs,
+        "tflops": work / secs / 1e12,
+        "peak_gib": peak_gib(),
+        "vector_steps": done,
+        "seconds": secs,
+    }
+
+
 def seed_style(lm: LoadedModel, specs: list[Spec]) -> dict[str, Any]:
     """(a): one vector at a time, as the paper's code does it."""
     reset_peak()
@@ -181,14 +192,7 @@ def seed_style(lm: LoadedModel, specs: list[Spec]) -> dict[str, Any]:
         sync()
         per_job.append((len(prompt) + len(target), spec.steps, time.perf_counter() - job_start))
     secs = time.perf_counter() - start
-    return {
-        "vector_steps_per_s": done / secs,
-        "tflops": work / secs / 1e12,
-        "peak_gib": peak_gib(),
-        "vector_steps": done,
-        "seconds": secs,
-        "per_job": per_job,
-    }
+    return {**rates(done, work, secs), "per_job": per_job}
 
 
 def matched_seconds(seed: dict[str, Any], specs: list[Spec], steps: list[int]) -> float:
@@ -232,11 +236,7 @@ def engine(lm: LoadedModel, specs: list[Spec], rows: int) -> dict[str, Any]:
         r.iterations * flops(lm, s, engine=True) for r, s in zip(results, specs, strict=True)
     )
     return {
-        "vector_steps_per_s": done / secs,
-        "tflops": work / secs / 1e12,
-        "peak_gib": peak_gib(),
-        "vector_steps": done,
-        "seconds": secs,
+        **rates(done, work, secs),
         "rows": rows,
         "jobs": len(jobs),
         "occupancy": stats.occupancy,
