@@ -12,9 +12,9 @@ norm ball. So ``history[-1]`` is always the loss of the returned vector and
 
 Continuous batching: jobs wait in a :class:`workers.scheduler.Scheduler`;
 each step runs the admitted jobs, and when a job stops its row goes to a
-waiting job with fresh optimizer state. Each job keeps its own parameters and
-Adam moments, stacked into a batch only for the step, so joining or leaving
-never disturbs the others. Per step the model runs only the blocks from each
+waiting job with fresh optimizer state. Each job's parameters and Adam
+moments live in its own slot of a device tensor and are gathered into the
+batch for the step, so joining or leaving never disturbs the others. Per step the model runs only the blocks from each
 job's steering layer on (:mod:`workers.prefix`), computes logits only at scored
 positions (:mod:`workers.losses`), and backpropagates only from the steering
 layer, since the model's own weights are frozen.
