@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -98,6 +98,35 @@ def block_output_format(lm: LoadedModel) -> int | None:
     return fmt
 
 
+def _run_until(
+    lm: LoadedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    layers: Sequence[int],
+    keep: Callable[[int, Tensor], None],
+) -> None:
+    """One unsteered forward pass that hands the states entering each block in
+    ``layers`` to ``keep(layer, states)`` and stops at the highest of them."""
+    top = max(layers)
+
+    def grab(layer: int, _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        keep(layer, _hidden_arg(args, kwargs))
+        if layer == top:
+            raise _Stop
+
+    handles = [
+        lm.layers[layer].register_forward_pre_hook(partial(grab, layer), with_kwargs=True)
+        for layer in sorted(set(layers))
+    ]
+    try:
+        lm.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def capture(
     lm: LoadedModel, input_ids: Tensor, attention_mask: Tensor, row_layer: Sequence[int]
@@ -107,25 +136,27 @@ def capture(
     S, T = input_ids.shape
     out = torch.zeros(S, T, lm.d_model, dtype=lm.dtype, device=lm.device)
     wanted = torch.tensor(list(row_layer), device=lm.device)
-    top = max(row_layer)
 
-    def grab(layer: int, _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def keep(layer: int, states: Tensor) -> None:
         rows = (wanted == layer).nonzero().flatten()
-        out[rows] = _hidden_arg(args, kwargs)[rows].to(out.dtype)
-        if layer == top:
-            raise _Stop
+        out[rows] = states[rows].to(out.dtype)
 
-    handles = [
-        lm.layers[layer].register_forward_pre_hook(partial(grab, layer), with_kwargs=True)
-        for layer in sorted(set(row_layer))
-    ]
-    try:
-        lm.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    _run_until(lm, input_ids, attention_mask, row_layer, keep)
+    return out
+
+
+@torch.no_grad()
+def capture_layers(
+    lm: LoadedModel, input_ids: Tensor, attention_mask: Tensor, layers: Sequence[int]
+) -> dict[int, Tensor]:
+    """Hidden states ``(S, T, d)`` of every row entering each block in ``layers``,
+    unsteered, in the model's dtype: one forward pass for all of them."""
+    out: dict[int, Tensor] = {}
+
+    def keep(layer: int, states: Tensor) -> None:
+        out[layer] = states.to(lm.dtype).clone()
+
+    _run_until(lm, input_ids, attention_mask, layers, keep)
     return out
 
 

@@ -41,7 +41,7 @@ from workers.jobs import (
 from workers.judges import Judge
 from workers.losses import final_hidden, logits_at, token_logprobs
 from workers.models import LoadedModel
-from workers.prefix import assemble, block_output_format, capture, resume, split
+from workers.prefix import assemble, block_output_format, capture_layers, resume, split
 
 
 @dataclass(frozen=True)
@@ -122,24 +122,24 @@ def _chunks(n: int, size: int) -> list[range]:
 
 @torch.no_grad()
 def _prefixes(
-    lm: LoadedModel, encoded: Sequence[EncodedJob], layers: set[int], batch_size: int
+    lm: LoadedModel, encoded: dict[int, EncodedJob], layers: set[int], batch_size: int
 ) -> dict[tuple[int, int], Tensor]:
-    """Unsteered states entering each block in ``layers``, per (encoded job, layer).
+    """Unsteered states entering each block in ``layers``, per (key of ``encoded``, layer),
+    from one forward pass per chunk of jobs.
 
     They are shared by every vector steering at that layer (prefix reuse)."""
     pad = int(lm.tokenizer.pad_token_id or 0)
+    keys = sorted(encoded)
     out: dict[tuple[int, int], Tensor] = {}
-    for layer in sorted(layers):
-        for chunk in _chunks(len(encoded), batch_size):
-            jobs = [encoded[i] for i in chunk]
-            batch = collate(jobs, pad, lm.device)
-            states = capture(
-                lm, batch.input_ids, batch.attention_mask, [layer] * len(batch.row_job)
-            )
-            lengths = [max(len(s.ids) for s in e.seqs) for e in jobs]
-            parts = split(states, [len(e.seqs) for e in jobs], lengths)
+    for chunk in _chunks(len(keys), batch_size):
+        jobs = [encoded[keys[i]] for i in chunk]
+        batch = collate(jobs, pad, lm.device)
+        states = capture_layers(lm, batch.input_ids, batch.attention_mask, sorted(layers))
+        lengths = [max(len(s.ids) for s in e.seqs) for e in jobs]
+        for layer, at_layer in states.items():
+            parts = split(at_layer, [len(e.seqs) for e in jobs], lengths)
             for i, part in zip(chunk, parts, strict=True):
-                out[(i, layer)] = part
+                out[(keys[i], layer)] = part
     return out
 
 
@@ -166,9 +166,7 @@ def _target_logprobs(
         pairs, vec_idx, ex_idx = steer
         firsts = {min(v.layers) for v in pairs.vectors}
         by_example = {e: encoded[i] for i, e in enumerate(ex_idx)}
-        order = sorted(by_example)
-        found = _prefixes(lm, [by_example[e] for e in order], firsts, batch_size)
-        cached = {(order[k], layer): t for (k, layer), t in found.items()}
+        cached = _prefixes(lm, by_example, firsts, batch_size)
     for chunk in _chunks(len(encoded), batch_size):
         batch = collate([encoded[i] for i in chunk], pad, lm.device)
         if steer is None:
