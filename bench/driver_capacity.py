@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "orchestr
 
 from sweep_helpers import FakeWorker, tiny_config  # noqa: E402
 
-from orchestrator.pool import LocalPool  # noqa: E402
-from orchestrator.preflight import prepare  # noqa: E402
-from orchestrator.runner import run_study  # noqa: E402
+from orchestrator.run.pools import LocalPool  # noqa: E402
+from orchestrator.run.preflight import prepare  # noqa: E402
+from orchestrator.run.runner import run_study  # noqa: E402
 
 
 class TimedWorker(FakeWorker):
@@ -37,10 +37,10 @@ class TimedWorker(FakeWorker):
         self.seconds = seconds
         self.spans: dict[int, list[tuple[float, float]]] = {}
 
-    def __call__(self, key, tasks):  # type: ignore[no-untyped-def]
+    def __call__(self, key, assignments):  # type: ignore[no-untyped-def]
         start = time.perf_counter()
-        time.sleep(self.seconds * len(tasks))
-        out = [self.outcome(t) for t in tasks]
+        time.sleep(self.seconds * len(assignments))
+        out = [self.outcome(t) for t in assignments]
         with self.lock:
             self.spans.setdefault(key, []).append((start, time.perf_counter()))
         return out

@@ -9,7 +9,7 @@ Usage (repo root):
     are computed at every position, softmaxed in float32, and the loss sums
     the target tokens in a Python loop; ``torch.optim.Adam`` and the norm
     projection of the paper's App. A.
-(b) the engine (``workers.optimizer.optimize``): continuous batching, prefix
+(b) the engine (``workers.engine.loop.optimize``): continuous batching, prefix
     reuse, logits only at scored positions.
 
 Workloads:
@@ -56,9 +56,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_core_check import DEVICE, real_shape, sync  # noqa: E402
 
+from workers.engine.loop import EngineStats, optimize  # noqa: E402
 from workers.jobs import StopRules, VectorJob  # noqa: E402
 from workers.models import LoadedModel, ModelSpec, load_model  # noqa: E402
-from workers.optimizer import EngineStats, optimize  # noqa: E402
 
 WORDS = (
     "the quick brown fox jumps over a lazy dog while paris is lovely in spring and "

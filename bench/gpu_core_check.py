@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workers.engine.loop import optimize
 from workers.jobs import StopRules, VectorJob
 from workers.models import LoadedModel
-from workers.optimizer import optimize
-from workers.tiny import tiny_model, tiny_tokenizer
+from workers.models.tiny import tiny_model, tiny_tokenizer
 
 SHAPES = {
     "smollm2-135m": dict(

@@ -4,7 +4,7 @@ Usage: PYTHONPATH=. python bench/gpu_smoke.py
 
 Runs, on a tiny random model placed on CUDA when available: batched
 optimization with add/clamp/affine rows, reentrant steering, CAA, and the
-evaluation of vector tasks with every transfer metric. Prints one line per
+evaluation of vector assignments with every transfer metric. Prints one line per
 step and "ok" at the end; any device mismatch raises.
 """
 
@@ -14,12 +14,13 @@ import time
 
 import torch
 
-from workers.caa import caa_vector
+from workers.analysis.caa import caa_vector
+from workers.engine.reentrant import ReentrantJob, optimize_reentrant
+from workers.evaluation.evaluate import EvalSpec
 from workers.examples import Example
 from workers.jobs import Intervention, ScoredPrompt, StopRules, Target, VectorJob, chat
-from workers.reentrant import ReentrantJob, optimize_reentrant
-from workers.tasks import EvalSpec, VectorTask, run_tasks
-from workers.tiny import tiny_model
+from workers.models.tiny import tiny_model
+from workers.service.assignments import Assignment, run_assignments
 
 
 def main() -> None:
@@ -28,8 +29,8 @@ def main() -> None:
     lm = tiny_model("llama", device=device, dtype=dtype)
     print("device", lm.device, lm.dtype)
     kinds = [Intervention(), Intervention("clamp", clamp_coef=0.5), Intervention("affine", rank=2)]
-    tasks = [
-        VectorTask(
+    assignments = [
+        Assignment(
             f"v{i}",
             0,
             f"ex{i}",
@@ -65,11 +66,11 @@ def main() -> None:
         generation_tokens=4,
     )
     t0 = time.perf_counter()
-    outs = run_tasks(lm, spec, tasks, {})
+    outs = run_assignments(lm, spec, assignments, {})
     errors = [o.error for o in outs if o.error]
     assert not errors, errors
     print(
-        f"run_tasks: {len(outs)} vectors, {sum(len(o.rows) for o in outs)} rows, {time.perf_counter() - t0:.1f} s"
+        f"run_assignments: {len(outs)} vectors, {sum(len(o.rows) for o in outs)} rows, {time.perf_counter() - t0:.1f} s"
     )
     stage1 = VectorJob(
         "s1",

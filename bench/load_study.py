@@ -33,11 +33,11 @@ from store.factories import free_port  # noqa: E402
 from store_bench import start_moto_process  # noqa: E402
 from sweep_helpers import FakeWorker, tiny_config  # noqa: E402
 
-from orchestrator.pool import Finished, WorkerLost  # noqa: E402
-from orchestrator.preflight import prepare  # noqa: E402
-from orchestrator.runner import run_study  # noqa: E402
+from orchestrator.run.pools import Finished, WorkerLost  # noqa: E402
+from orchestrator.run.preflight import prepare  # noqa: E402
+from orchestrator.run.runner import run_study  # noqa: E402
 from orchestrator.store import compact, open_study  # noqa: E402
-from workers.tasks import VectorOutcome, VectorTask  # noqa: E402
+from workers.service.assignments import Assignment, VectorOutcome  # noqa: E402
 
 
 class FakeActor:
@@ -47,9 +47,9 @@ class FakeActor:
         self.worker = FakeWorker(transfer_ids, delay=0.0)
         self.delay = delay
 
-    def run(self, tasks: list[VectorTask]) -> list[VectorOutcome]:
-        time.sleep(self.delay * len(tasks))
-        return [self.worker.outcome(t) for t in tasks]
+    def run(self, assignments: list[Assignment]) -> list[VectorOutcome]:
+        time.sleep(self.delay * len(assignments))
+        return [self.worker.outcome(t) for t in assignments]
 
 
 class FakeRayPool:
@@ -64,8 +64,8 @@ class FakeRayPool:
         self.refs: dict[Any, int] = {}
         self.vectors = 0  # vectors returned so far
 
-    def submit(self, key: int, tasks: list[VectorTask]) -> None:
-        self.refs[self.actors[key].run.remote(tasks)] = key
+    def submit(self, key: int, assignments: list[Assignment]) -> None:
+        self.refs[self.actors[key].run.remote(assignments)] = key
 
     def poll(self, timeout: float) -> list[Finished]:
         import ray

@@ -18,7 +18,8 @@ from collections import defaultdict
 
 from orchestrator.datasets import builtin_task
 from workers import StopRules, VectorJob, load_model, optimize
-from workers.transfer import SteeringVector, choice_flips, target_logprobs
+from workers.evaluation.transfer import choice_flips, target_logprobs
+from workers.steering.vectors import SteeringVector
 
 
 def main() -> None:

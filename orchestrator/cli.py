@@ -164,13 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # botocore at DEBUG would print request headers, session tokens included.
     logging.getLogger("botocore").setLevel(logging.WARNING)
-    from orchestrator.config import ConfigError
     from orchestrator.datasets import DatasetError
-    from orchestrator.preflight import PreflightError
+    from orchestrator.run.preflight import PreflightError
     from orchestrator.store import StoreConfigError, StudyConfigMismatch
-    from workers.encoding import JobError
-    from workers.layers import LayerResolutionError
+    from orchestrator.study.config import ConfigError
     from workers.models import ModelLoadError
+    from workers.models.layers import LayerResolutionError
+    from workers.steering.encoding import JobError
 
     bad_input = (C.BadInput, ConfigError, DatasetError, PreflightError, StoreConfigError,
                  StudyConfigMismatch, JobError, ModelLoadError, LayerResolutionError)  # fmt: skip

@@ -26,7 +26,7 @@ def _root(args: argparse.Namespace) -> tuple[str, str | None]:
     if getattr(args, "root", None):
         return args.root, getattr(args, "endpoint_url", None)
     if getattr(args, "config", None):
-        from orchestrator.config import load_config
+        from orchestrator.study.config import load_config
 
         cfg = load_config(args.config)
         return cfg.store.root, cfg.store.endpoint_url
@@ -34,8 +34,8 @@ def _root(args: argparse.Namespace) -> tuple[str, str | None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator.config import load_config
-    from orchestrator.runner import run_study
+    from orchestrator.run.runner import run_study
+    from orchestrator.study.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     summary = run_study(
@@ -183,7 +183,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Wrap ``ray job submit``: working dir, runtime env, entrypoint."""
-    from orchestrator.config import load_config
+    from orchestrator.study.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # fail here, not on the cluster
     env = {"pip": args.pip} if args.pip else {}

@@ -28,7 +28,7 @@ def moto_endpoint():
 @pytest.fixture(scope="session")
 def tiny_llama():
     """A seeded 4-layer, d_model 64 Llama with the tiny BPE tokenizer (fp32, CPU)."""
-    from workers.tiny import tiny_model
+    from workers.models.tiny import tiny_model
 
     return tiny_model("llama", n_layers=4)
 

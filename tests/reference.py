@@ -1,5 +1,5 @@
 """An independent reference for tests: add a vector entering a block, with a
-plain pre-hook that knows nothing of ``workers.interventions``."""
+plain pre-hook that knows nothing of ``workers.steering.interventions``."""
 
 from __future__ import annotations
 

@@ -1,9 +1,20 @@
 """steer-sweep workers: everything that runs beside a GPU.
 
-Model loading, interventions, losses, the batched optimizer, evaluation and
-the Ray actor. This package never imports ``orchestrator``.
+Top level: ``jobs`` (the contract: vector jobs and results, plain data) and
+``examples`` (a prompt with its targets). Packages, each importing only the
+ones before it:
+
+- ``models``: loading a model, its tokenizer and decoder blocks;
+- ``steering``: interventions, token batches, losses, prefix reuse, decoding;
+- ``engine``: the batched optimizer (continuous batching) and reentrant steering;
+- ``evaluation``: transfer metrics and judges (never the engine);
+- ``analysis``: the CAA skyline and vector geometry;
+- ``service``: assignments and the Ray actor that runs them.
+
+This package never imports ``orchestrator`` (tests/test_architecture.py).
 """
 
+from workers.engine.loop import optimize
 from workers.jobs import (
     Intervention,
     KLTerm,
@@ -17,7 +28,6 @@ from workers.jobs import (
     chat,
 )
 from workers.models import LoadedModel, ModelLoadError, ModelSpec, load_model
-from workers.optimizer import optimize
 
 __all__ = [
     "Intervention",

@@ -1,7 +1,7 @@
 """Examples: one prompt with its targets, the unit of training and of transfer.
 
 An ``Example`` is plain data, shared by the loaders (``orchestrator.datasets``)
-and the scorers (``workers.transfer``). Log-probabilities and thresholds are
+and the scorers (``workers.evaluation.transfer``). Log-probabilities and thresholds are
 in the unit of the study's log base (base 10: hartleys).
 """
 

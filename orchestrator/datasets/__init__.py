@@ -6,6 +6,13 @@
 - :func:`save_examples` writes examples back in the default layout.
 - :func:`builtin_task` returns a :class:`Task` from ``BUILTIN_TASKS``.
 - :func:`swap_example` builds the option-swapped copy of a two-choice example (§3).
+
+A *task* is a data set: examples plus what their evaluation needs (judge
+strings, neutral prompts, a surprisal context). The built-in tasks' files are
+under ``data/``.
+
+May import: ``workers.examples`` and ``workers.jobs`` (plain dataclasses),
+pyarrow. Nothing that runs a model.
 """
 
 from orchestrator.datasets.builtin import (

@@ -75,7 +75,7 @@ ENTHUSIASM = (
 
 
 def _from_file(filename: str) -> tuple[Example, ...]:
-    ref = resources.files("orchestrator.datasets.tasks").joinpath(filename)
+    ref = resources.files("orchestrator.datasets.data").joinpath(filename)
     with resources.as_file(ref) as path:
         return tuple(load_examples(path))
 

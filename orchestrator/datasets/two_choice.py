@@ -44,7 +44,7 @@ def render(situation: str, cue: str, options: tuple[str, str]) -> str:
 
 
 def _scenarios() -> list[dict[str, str]]:
-    text = resources.files("orchestrator.datasets.tasks").joinpath("two_choice.jsonl").read_text()
+    text = resources.files("orchestrator.datasets.data").joinpath("two_choice.jsonl").read_text()
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     for row in rows:
         missing = {"id", "situation", "benign", "harmful", "split"} - set(row)

@@ -22,8 +22,8 @@ from orchestrator.report.data import (
     read_vectors,
     summary_frame,
 )
+from orchestrator.report.history import param_importances
 from orchestrator.report.html import Section, frame_table, render
-from orchestrator.report.search import param_importances
 from orchestrator.report.tables import tables
 
 if TYPE_CHECKING:

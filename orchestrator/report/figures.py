@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from orchestrator.report.data import CAA_KIND, ReportData
-from orchestrator.report.search import best_so_far, pareto_mask
+from orchestrator.report.history import best_so_far, pareto_mask
 
 if TYPE_CHECKING:
     import pandas as pd

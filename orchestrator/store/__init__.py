@@ -4,7 +4,9 @@ Write side: ``check_store`` at start-up, ``save_study_config``, then a
 ``StoreWriter`` per study (``write_examples``, ``write_trial``). Read side:
 ``open_study`` (datasets, ``joined_frame``, ``layer_matrix``,
 ``completed_trials``), ``compact``, ``export_vectors``, ``cleanup``.
-Nothing here imports torch.
+
+May import: pyarrow, boto3, numpy, pandas. Never torch or ``workers`` (worker
+results are read by their attributes only), so the store opens anywhere.
 """
 
 from orchestrator.store.check import CleanupReport, StoreCheck, check_store, cleanup

@@ -66,10 +66,10 @@ def assert_one_paragraph(err: str, *needles: str) -> None:
 
 
 def truncated_gguf(tmp: Path) -> str:
-    from workers.models import _bundled_gguf
+    from workers.models.sources import bundled_gguf
 
     path = tmp / "cut.gguf"
-    with _bundled_gguf("smollm2-135m-instruct").open("rb") as src:
+    with bundled_gguf("smollm2-135m-instruct").open("rb") as src:
         path.write_bytes(src.read(200_000))  # of about 98 MB
     return str(path)
 
@@ -252,7 +252,7 @@ def test_bad_credentials(
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    from orchestrator.config import ConfigError
+    from orchestrator.study.config import ConfigError
 
     path = study_yaml(tmp_path, str(tmp_path / "store"), n_trials="many")
     with pytest.raises(ConfigError, match="n_trials"):

@@ -33,9 +33,9 @@ from sweep_helpers import (
     wait_for_trials,
 )
 
-from orchestrator.config import parse_config
-from orchestrator.runner import run_study
+from orchestrator.run.runner import run_study
 from orchestrator.store import open_study
+from orchestrator.study.config import parse_config
 
 
 def slow_study(root: str, name: str, n_trials: int, **extra: Any) -> dict:
@@ -62,7 +62,7 @@ def test_two_actors_killed_mid_batch_lose_nothing(ray_cluster, tmp_path, caplog)
     third: each batch in flight goes back to the queue, Ray restarts both."""
     root = str(tmp_path / "store")
     study = StudyThread(parse_config(slow_study(root, "killactor", 10)))
-    with caplog.at_level(logging.WARNING, logger="orchestrator.pool"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.run.pools"):
         study.start()
         try:
             pids = [actor_pid(ray_cluster, "killactor", i) for i in (0, 1)]

@@ -539,7 +539,7 @@ def test_yaml_files_are_found() -> None:
 
 
 def test_the_study_inside_the_configmap_is_a_valid_study() -> None:
-    from orchestrator.config import parse_config
+    from orchestrator.study.config import parse_config
 
     study_text = only("ConfigMap")["data"]["study.yaml"]
     study = yaml.safe_load(study_text)
@@ -912,7 +912,7 @@ def test_dockerfile_copies_everything_pip_install_needs() -> None:
     patterns = dockerignore_patterns()
     assert not [n for n in needed if dockerignored(n, patterns)]
     assert not dockerignored("orchestrator/cli.py", patterns)
-    assert not dockerignored("workers/actor.py", patterns)
+    assert not dockerignored("workers/service/actor.py", patterns)
 
 
 def test_dockerfile_has_no_dev_tools() -> None:

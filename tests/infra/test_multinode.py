@@ -34,8 +34,8 @@ from typing import Any
 import pytest
 from sweep_helpers import StudyThread, audit
 
-from orchestrator.config import parse_config
 from orchestrator.store import open_study
+from orchestrator.study.config import parse_config
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -166,7 +166,7 @@ def batches_run(caplog: Any, study: str) -> dict[int, tuple[int, bool]]:
 
 
 def test_spread_actors_and_a_node_lost_mid_study(make_cluster, tmp_path, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="orchestrator.pool")
+    caplog.set_level(logging.INFO, logger="orchestrator.run.pools")
     # Room for two actors on each node: one per node is the placement's doing.
     cluster = make_cluster(3, per_node=2)
     workers = {node.node_id: node for node in cluster.worker_nodes}
@@ -211,7 +211,7 @@ def test_spread_actors_and_a_node_lost_mid_study(make_cluster, tmp_path, caplog)
 
 
 def test_a_node_added_mid_study_gets_used(make_cluster, tmp_path, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="orchestrator.pool")
+    caplog.set_level(logging.INFO, logger="orchestrator.run.pools")
     cluster = make_cluster(1)  # room for one of the two actors
     [first_node] = cluster.worker_nodes
     root, name, n_trials = str(tmp_path / "store"), "addnode", 12

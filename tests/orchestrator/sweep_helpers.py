@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.config import StudyConfig, parse_config
-from orchestrator.objectives import Objective, trial_value
-from orchestrator.runner import RunSummary, run_study
+from orchestrator.run.runner import RunSummary, run_study
 from orchestrator.store import open_study
+from orchestrator.study.config import StudyConfig, parse_config
+from orchestrator.study.objectives import Objective, trial_value
+from workers.evaluation.transfer import TransferRow
 from workers.jobs import VectorResult
-from workers.tasks import VectorOutcome, VectorTask
-from workers.transfer import TransferRow
+from workers.service.assignments import Assignment, VectorOutcome
 
 
 def tiny_config(root: str, **overrides: Any) -> StudyConfig:
@@ -47,7 +47,7 @@ class FakeWorker:
     """Returns plausible outcomes without a model: success depends on the layer
     (so a sampler has signal), completion times are random, and the first
     ``lose_first`` batches are lost as if their worker died (fewer than the
-    scheduler's 3 attempts, so every task still completes)."""
+    ledger's 3 attempts, so every assignment still completes)."""
 
     def __init__(
         self, transfer_ids: list[str], lose_first: int = 0, seed: int = 0, delay: float = 0.005
@@ -60,7 +60,7 @@ class FakeWorker:
         self.lost = 0
         self.lock = threading.Lock()
 
-    def __call__(self, key: int, tasks: list[VectorTask]) -> list[VectorOutcome]:
+    def __call__(self, key: int, assignments: list[Assignment]) -> list[VectorOutcome]:
         with self.lock:  # workers are threads: count atomically
             self.calls += 1
             lose = self.calls <= self.lose_first
@@ -68,14 +68,14 @@ class FakeWorker:
         time.sleep(self.rng.uniform(0, self.delay))
         if lose:
             raise RuntimeError("simulated worker death")
-        return [self.outcome(t) for t in tasks]
+        return [self.outcome(t) for t in assignments]
 
-    def outcome(self, task: VectorTask) -> VectorOutcome:
-        seed = zlib.crc32(task.vector_id.encode())
+    def outcome(self, assignment: Assignment) -> VectorOutcome:
+        seed = zlib.crc32(assignment.vector_id.encode())
         vec = np.random.default_rng(seed).normal(size=64).astype(np.float32)
-        layer = task.job.layers[0]
+        layer = assignment.job.layers[0]
         result = VectorResult(
-            job_id=task.vector_id,
+            job_id=assignment.vector_id,
             vector=vec,
             layers=(layer,),
             loss_history=[3.0, 2.0],
@@ -83,7 +83,7 @@ class FakeWorker:
             iterations=1,
             stop_reason="max_iters",
             final_norm=float(np.linalg.norm(vec)),
-            seed=task.job.seed,
+            seed=assignment.job.seed,
             log_base=10.0,
         )
         rows = []
@@ -91,10 +91,17 @@ class FakeWorker:
             ok = (seed + i) % 4 < layer  # higher layers succeed more often
             rows.append(
                 TransferRow(
-                    task.vector_id, ex, "target_logprob:promote:0", -1.0 if ok else -5.0, -3.0, ok
+                    assignment.vector_id,
+                    ex,
+                    "target_logprob:promote:0",
+                    -1.0 if ok else -5.0,
+                    -3.0,
+                    ok,
                 )
             )
-        return VectorOutcome(task.vector_id, task.trial, task.example_id, result=result, rows=rows)
+        return VectorOutcome(
+            assignment.vector_id, assignment.trial, assignment.example_id, result=result, rows=rows
+        )
 
 
 def audit(

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sweep_helpers import tiny_config
 
-from orchestrator.config import ConfigError, load_config, parse_config
-from orchestrator.preflight import PreflightError, prepare
+from orchestrator.run.preflight import PreflightError, prepare
+from orchestrator.study.config import ConfigError, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sweep_helpers import FakeWorker, audit, tiny_config
 
-from orchestrator.pool import LocalPool
-from orchestrator.preflight import prepare
-from orchestrator.runner import run_study
+from orchestrator.run.pools import LocalPool
+from orchestrator.run.preflight import prepare
+from orchestrator.run.runner import run_study
 from orchestrator.store import open_study
 
 

@@ -11,7 +11,7 @@ from sweep_helpers import audit, tiny_config
 from test_driver import fake_pool
 
 from orchestrator.cli import main
-from orchestrator.runner import run_study
+from orchestrator.run.runner import run_study
 from orchestrator.store import StudyConfigMismatch, config_hash, open_study
 
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from orchestrator.objectives import Objective, per_vector, trial_value
-from workers.transfer import TransferRow
+from orchestrator.study.objectives import Objective, per_vector, trial_value
+from workers.evaluation.transfer import TransferRow
 
 ROWS = [
     TransferRow("a", "x1", "target_logprob:promote:0", -1.0, -3.0, True),

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from sweep_helpers import audit, study_dict
 
-from orchestrator.config import parse_config
-from orchestrator.runner import run_study
+from orchestrator.run.runner import run_study
 from orchestrator.store import open_study
+from orchestrator.study.config import parse_config
 
 
 def test_a_study_on_ray_writes_every_trial_to_s3(ray_cluster, s3_root) -> None:

@@ -8,7 +8,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from orchestrator.search import _TPESampler
+from orchestrator.study.optuna_study import _TPESampler
 
 DISTS = {
     "layer": IntDistribution(0, 11),

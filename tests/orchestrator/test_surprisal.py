@@ -8,15 +8,15 @@ import math
 import pytest
 from sweep_helpers import FakeWorker, audit, study_dict, tiny_config
 
-from orchestrator.config import ConfigError, parse_config
-from orchestrator.objectives import Objective
-from orchestrator.pool import LocalPool
-from orchestrator.preflight import prepare
-from orchestrator.runner import run_study
-from orchestrator.scoring import LocalScorePool
+from orchestrator.run.pools import LocalPool
+from orchestrator.run.preflight import prepare
+from orchestrator.run.runner import run_study
+from orchestrator.run.surprisal import LocalScorePool
 from orchestrator.store import open_study
-from workers.tasks import VectorOutcome, VectorTask
-from workers.transfer import Generation, surprisal_per_token
+from orchestrator.study.config import ConfigError, parse_config
+from orchestrator.study.objectives import Objective
+from workers.evaluation.transfer import Generation, surprisal_per_token
+from workers.service.assignments import Assignment, VectorOutcome
 
 SURPRISAL = {"metrics": ["target_logprob", "surprisal"], "generation_tokens": 4}
 BASE = {"name": "tiny-random-qwen2", "cpus_per_actor": 1, "max_batch_jobs": 2}
@@ -27,10 +27,12 @@ class GeneratingWorker(FakeWorker):
     does when surprisal is asked for: a different steered text per vector, the
     same unsteered text per example."""
 
-    def outcome(self, task: VectorTask) -> VectorOutcome:
-        out = super().outcome(task)
+    def outcome(self, assignment: Assignment) -> VectorOutcome:
+        out = super().outcome(assignment)
         out.generations = [
-            Generation(task.vector_id, ex, f"steered {task.vector_id[:4]}", f"plain {ex}")
+            Generation(
+                assignment.vector_id, ex, f"steered {assignment.vector_id[:4]}", f"plain {ex}"
+            )
             for ex in self.transfer_ids
         ]
         return out

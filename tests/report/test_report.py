@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.report import SIZES_PX, build_report, load_report_data
 from orchestrator.report import figures as F
-from orchestrator.report.search import best_so_far, param_importances, pareto_mask
+from orchestrator.report.history import best_so_far, param_importances, pareto_mask
 from orchestrator.store import open_study
 
 KEYS = ["loss_kind", "norm_bound", "layer"]

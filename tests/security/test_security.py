@@ -22,10 +22,10 @@ from store.factories import assert_no_credentials, bucket_bytes, make_bucket, se
 from sweep_helpers import FakeWorker, audit, tiny_config
 
 from orchestrator.cli import main
-from orchestrator.config import ModelConfig, parse_config
-from orchestrator.pool import LocalPool
-from orchestrator.preflight import model_spec, prepare
-from orchestrator.runner import run_study
+from orchestrator.run.pools import LocalPool
+from orchestrator.run.preflight import model_spec, prepare
+from orchestrator.run.runner import run_study
+from orchestrator.study.config import ModelConfig, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 UNSAFE_MODULES = {"pickle", "cPickle", "cloudpickle", "dill", "marshal", "shelve", "joblib"}
@@ -139,7 +139,7 @@ def test_a_study_name_cannot_leave_the_root(tmp_path, capsys, command: str, name
 
 
 def test_a_study_config_name_cannot_leave_the_root(tmp_path) -> None:
-    from orchestrator.config import ConfigError
+    from orchestrator.study.config import ConfigError
 
     data = tiny_config(str(tmp_path / "store")).model_dump(mode="json")
     for name in ("../outside", "/abs", "a/b"):

@@ -11,9 +11,9 @@ import pytest
 import torch
 from jobsets import eight_jobs
 
+from workers.engine.loop import EngineStats, optimize
 from workers.jobs import VectorJob, VectorResult
-from workers.optimizer import EngineStats, optimize
-from workers.tiny import TINY_FAMILIES, tiny_model
+from workers.models.tiny import TINY_FAMILIES, tiny_model
 
 
 def assert_same(got: list[VectorResult], want: list[VectorResult]) -> None:

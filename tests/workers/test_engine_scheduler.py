@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from workers.scheduler import Request, Scheduler, SchedulerError
+from workers.engine.scheduler import Request, Scheduler, SchedulerError
 
 
 def fake_requests(n: int, seed: int) -> list[Request]:

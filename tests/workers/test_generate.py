@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.generate import RowSteering, greedy_decode
-from workers.interventions import JobMeta
 from workers.jobs import Intervention, TokenSelection
-from workers.tiny import TINY_FAMILIES, tiny_model
+from workers.models.tiny import TINY_FAMILIES, tiny_model
+from workers.steering.generate import RowSteering, greedy_decode
+from workers.steering.interventions import JobMeta
 
 TEXTS = [
     "Hello world",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.geometry import (
+from workers.analysis.geometry import (
     cosine_matrix,
     dot_product_auc,
     geodesic,
@@ -85,7 +85,7 @@ def test_roc_auc_against_a_hand_computation() -> None:
 def test_dot_product_classifier(tiny_llama) -> None:
     import torch
 
-    from workers.caa import activations, caa_vector
+    from workers.analysis.caa import activations, caa_vector
 
     pos = [chat("Thank you so much!"), chat("This is wonderful!"), chat("Hello world")]
     neg = [chat("I cannot help with that."), chat("The lazy dog."), chat("Option B")]

@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.encoding import pad_right, selection_mask
-from workers.interventions import BatchSteering, JobMeta, params_from, single_vector, steering
 from workers.jobs import Intervention, TokenSelection
+from workers.steering.encoding import pad_right, selection_mask
+from workers.steering.interventions import (
+    BatchSteering,
+    JobMeta,
+    params_from,
+    single_vector,
+    steering,
+)
 
 
 def capture_inputs(lm, ids, attn, steer, layer):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from workers.layers import LayerResolutionError, normalize_layer, resolve_layers
-from workers.tiny import TINY_FAMILIES, tiny_config, tiny_model
+from workers.models.layers import LayerResolutionError, normalize_layer, resolve_layers
+from workers.models.tiny import TINY_FAMILIES, tiny_config, tiny_model
 
 EXPECTED_BLOCK = {
     "llama": "LlamaDecoderLayer",

@@ -15,6 +15,7 @@ import pytest
 import torch
 from reference import reference_logits
 
+from workers.engine.loop import optimize
 from workers.jobs import (
     KLTerm,
     LossSettings,
@@ -24,7 +25,6 @@ from workers.jobs import (
     VectorJob,
     chat,
 )
-from workers.optimizer import optimize
 
 PROMPT = chat("What is the capital of France?")
 STOP0 = StopRules(max_iters=0)
@@ -85,7 +85,7 @@ def test_promotion_suppression_and_mixed_match_direct_computation(tiny_llama, se
 def test_suppression_is_accurate_when_the_target_is_nearly_certain(tiny_llama) -> None:
     import mpmath
 
-    from workers.losses import log1mexp
+    from workers.steering.losses import log1mexp
 
     mpmath.mp.dps = 50
     values = [-1e-9, -1e-3, -0.5, -5.0, -40.0]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from workers.encoding import JobError
+from workers.engine.loop import optimize
 from workers.jobs import ScoredPrompt, StopRules, Target, TokenSelection, VectorJob, chat
 from workers.models import ModelLoadError, ModelSpec, load_model
-from workers.optimizer import optimize
+from workers.steering.encoding import JobError
 
 
 def job(**kw) -> VectorJob:
@@ -52,7 +52,7 @@ def test_bad_jobs_raise_a_clear_error_before_any_work(tiny_llama, kwargs, messag
 
 
 def test_a_target_that_tokenizes_to_nothing(tiny_llama) -> None:
-    from workers.encoding import encode_job
+    from workers.steering.encoding import encode_job
 
     class DropsZ:
         """Wraps the real tokenizer but maps the text 'ZZZ' to no tokens."""
@@ -89,9 +89,9 @@ def test_a_missing_model_path_is_reported(tmp_path) -> None:
 
 
 def test_a_truncated_gguf_file_is_reported(tmp_path) -> None:
-    from workers.models import _bundled_gguf
+    from workers.models.sources import bundled_gguf
 
-    real = _bundled_gguf("smollm2-135m-instruct")
+    real = bundled_gguf("smollm2-135m-instruct")
     broken = tmp_path / "broken.gguf"
     with real.open("rb") as src:
         broken.write_bytes(src.read(200_000))

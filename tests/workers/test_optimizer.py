@@ -10,6 +10,7 @@ import torch
 from jobsets import PROMPTS, eight_jobs
 from reference import adding
 
+from workers.engine.loop import optimize
 from workers.jobs import (
     ScoredPrompt,
     StopRules,
@@ -17,7 +18,6 @@ from workers.jobs import (
     VectorJob,
     chat,
 )
-from workers.optimizer import optimize
 
 
 def test_batched_vectors_equal_solo_vectors(tiny_llama) -> None:
@@ -44,7 +44,7 @@ def test_batched_vectors_equal_solo_vectors(tiny_llama) -> None:
 def reference_adam_run(lm, job: VectorJob, steps: int) -> np.ndarray:
     """An independent loop: torch.optim.Adam, full logits, one vector, a Python
     loop over target tokens, and the norm projection of App. A."""
-    from workers.optimizer import initial_params
+    from workers.engine.adam import initial_params
 
     [scored] = job.prompts
     [target] = scored.targets
@@ -168,7 +168,7 @@ def test_a_nonfinite_row_does_not_disturb_the_others(tiny_llama) -> None:
 
 
 def test_vectors_are_reproducible_from_their_record(tiny_llama) -> None:
-    from workers.optimizer import initial_params
+    from workers.engine.adam import initial_params
 
     a = _job("a", StopRules(max_iters=3, eps=None), seed=5, init_norm=2.5)
     b = _job("b", StopRules(max_iters=3, eps=None), seed=6, init_norm=2.5)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from workers.engine.loop import optimize
 from workers.jobs import StopRules, VectorJob, chat
-from workers.optimizer import optimize
 
 pytestmark = pytest.mark.real_model
 
@@ -52,7 +52,8 @@ def test_a_one_shot_refusal_vector_transfers_to_held_out_requests(smollm2) -> No
     import dataclasses
 
     from orchestrator.datasets import builtin_task
-    from workers.transfer import SteeringVector, target_logprobs
+    from workers.evaluation.transfer import target_logprobs
+    from workers.steering.vectors import SteeringVector
 
     task = builtin_task("refusal")
     train = dataclasses.replace(task.train[0], promote=task.train[0].promote[:1], thresholds=())

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from workers.caa import activations, caa_vector
+from workers.analysis.caa import activations, caa_vector
+from workers.engine.reentrant import ReentrantJob, optimize_reentrant
 from workers.jobs import Intervention, ScoredPrompt, StopRules, Target, VectorJob, chat
-from workers.reentrant import ReentrantJob, optimize_reentrant
 
 
 @pytest.mark.parametrize("prefix", ["greedy", "target"])
@@ -74,7 +74,7 @@ def test_caa_equals_a_hand_computation(tiny_llama) -> None:
 
 
 def test_examples_caa_contrasts_completions(tiny_llama) -> None:
-    from workers.caa import examples_caa
+    from workers.analysis.caa import examples_caa
     from workers.examples import Example
 
     lm = tiny_llama

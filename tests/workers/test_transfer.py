@@ -9,10 +9,8 @@ import pytest
 import torch
 from reference import reference_logits
 
-from workers.examples import Example
-from workers.jobs import Intervention, TokenSelection, chat
-from workers.judges import ContainsAny, LacksAll, LLMJudge
-from workers.transfer import (
+from workers.evaluation.judges import ContainsAny, LacksAll, LLMJudge
+from workers.evaluation.transfer import (
     SteeringVector,
     choice_flips,
     generations,
@@ -21,6 +19,8 @@ from workers.transfer import (
     surprisal_per_token,
     target_logprobs,
 )
+from workers.examples import Example
+from workers.jobs import Intervention, TokenSelection, chat
 
 EXAMPLES = [
     Example(

@@ -1,0 +1,396 @@
+"""The driver: owns the Optuna study (ask/tell), the ledger and the store.
+
+Per trial: ask params -> K assignments (one per training example) -> workers
+optimize and evaluate them -> each finished vector is reported as an
+intermediate value (a pruner may stop the trial; its vectors are kept) ->
+objectives -> the store (trials row last, as the commit marker) -> tell.
+Results reach the store before Optuna hears of them, so a killed driver
+loses nothing that was told, and a rerun resumes from the store.
+
+With a surprisal model, a vector's outcome is held until the second pool has
+scored its generations (:mod:`orchestrator.run.surprisal`). The loop hands out work
+before it asks: ``in_flight`` keeps a spare trial per worker, so a worker that
+finishes gets queued assignments at once, and the next ``ask`` (the expensive step:
+TPE rebuilds its model from every trial) happens after that.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from orchestrator.run.expand import build_assignment
+from orchestrator.run.ledger import Ledger, TrialWork
+from orchestrator.run.pools import Pool, WorkerLost
+from orchestrator.run.preflight import Plan
+from orchestrator.run.surprisal import Scoring, needs_scores
+from orchestrator.store import (
+    StoreWriteError,
+    StoreWriter,
+    Study,
+    TransferRecord,
+    TrialRecord,
+    VectorRecord,
+    open_study,
+    vector_id,
+)
+from orchestrator.study.objectives import Objective, trial_value
+from orchestrator.study.optuna_study import STORE_TRIAL, create_study, distributions_json, retell
+from orchestrator.study.params import TrialParams
+from orchestrator.study.space import distributions, fixed_params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    study: str
+    store: str
+    n_trials: int
+    resumed: int
+    told: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+    vectors: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    best: list[dict[str, Any]] = field(default_factory=list)
+    # ask/tell latency: mean and mean of the last 100, in milliseconds
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class _TrialRows:
+    """A finished trial's rows, as they go to the store."""
+
+    work: TrialWork
+    record: TrialRecord
+    vectors: list[VectorRecord]
+    transfer: list[TransferRecord]
+
+
+class Driver:
+    """Runs one study to its requested number of trials; see the module docstring."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        pool: Pool,
+        writer: StoreWriter,
+        *,
+        progress: Callable[[RunSummary, int], None] | None = None,
+        scoring: Scoring | None = None,
+    ) -> None:
+        cfg = plan.config
+        self.plan, self.cfg, self.pool, self.writer = plan, cfg, pool, writer
+        self.objectives = [Objective(**o.model_dump()) for o in cfg.objectives]
+        self.dists = distributions(plan.space)
+        self.dists_json = distributions_json(self.dists)
+        self.fixed = fixed_params(plan.space)
+        self.ledger = Ledger()
+        self.scoring = scoring  # the surprisal model's pool, if the study has one
+        self.progress = progress
+        # Store writes run on a few threads so the loop keeps feeding workers;
+        # Optuna is only told (on this thread) once a trial's write is done.
+        self.writer_threads = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-write")
+        self.writes: dict[cf.Future, _TrialRows] = {}
+        per_trial = cfg.vectors_per_trial
+        n_workers = max(1, getattr(pool, "size", len(pool.keys)))  # all asked for, ready or not
+        slots = n_workers * cfg.model.max_batch_jobs
+        # Enough trials that every worker has a full batch, plus one spare
+        # trial per worker so a finishing worker never waits on the driver.
+        self.in_flight = cfg.trials_in_flight or max(1, math.ceil(slots / per_trial)) + n_workers
+
+    # ------------------------------------------------------------- numbering
+    def _numbers(self, study: Study, done: set[int]) -> list[int]:
+        """Store numbers for new trials: gaps first (trials a killed driver left
+        half-written, whose objects are then overwritten), then upward."""
+        seen = set(done)
+        for table in ("vectors", "transfer"):
+            column = study.dataset(table).to_table(columns=["trial"]).column("trial")
+            seen |= set(column.to_pylist())
+        top = max(seen, default=-1)
+        gaps = [n for n in range(top + 1) if n not in done]
+        return gaps + list(range(top + 1, top + 1 + self.cfg.n_trials))
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> RunSummary:
+        try:
+            return self._run()
+        finally:
+            self.writer_threads.shutdown(wait=True)
+
+    def _run(self) -> RunSummary:
+        cfg = self.cfg
+        stored_study = open_study(self.writer.root, cfg.name)
+        stored = stored_study.completed_trials()
+        done = {t.number for t in stored}
+        summary = RunSummary(cfg.name, self.plan.store_uri, cfg.n_trials, resumed=len(done))
+        for t in stored:
+            summary.states[t.state] = summary.states.get(t.state, 0) + 1
+        study = create_study(cfg, self.plan.space)
+        retell(study, stored)
+        numbers = iter(self._numbers(stored_study, done))
+        to_ask = max(0, cfg.n_trials - len(done))
+        if done:
+            log.info(
+                "resuming %s: %d of %d trials already in the store",
+                cfg.name,
+                len(done),
+                cfg.n_trials,
+            )
+        timing = {"ask": 0.0, "tell": 0.0, "write": 0.0, "wait": 0.0}
+        timing |= {"optimize": 0.0, "evaluate": 0.0}
+        self.ask_s: list[float] = []  # seconds per ask, in ask order
+        self.tell_s: list[float] = []  # seconds per tell, in tell order
+        while to_ask or self.ledger.trials or self.writes:
+            # One pass: results first, so a finished worker gets its next
+            # batch (from the spare trials in flight) before the driver spends
+            # time on anything else; then writes and tells; then at most one
+            # ask, so a worker that finishes meanwhile waits for one ask at most.
+            # Trials waiting for their store write count as in flight, so a
+            # store slower than the workers cannot build an unbounded backlog
+            # of finished, unsaved work that a killed driver would lose.
+            open_trials = len(self.ledger.trials) + len(self.writes)
+            want_ask = bool(to_ask) and open_trials < self.in_flight
+            t0 = time.perf_counter()
+            finished = self.pool.poll(timeout=self._poll_timeout(want_ask))
+            timing["wait"] += time.perf_counter() - t0
+            changed: set[int] = set()
+            for key, result in finished:
+                if isinstance(result, WorkerLost):
+                    changed |= self.ledger.lost(key, result.reason)
+                else:
+                    hold = None
+                    if self.scoring is not None:
+                        hold = needs_scores
+                        self.scoring.add([o for o in result if needs_scores(o)])
+                    changed |= self.ledger.finish(key, result, hold)
+                    # Worker-side seconds, per vector: their sums split the wait.
+                    timing["optimize"] += sum(o.optimize_s for o in result)
+                    timing["evaluate"] += sum(o.evaluate_s for o in result)
+            self._dispatch()
+            if self.scoring is not None:
+                for vid, rows, error in self.scoring.collect():
+                    changed.add(self.ledger.release(vid, rows, error))
+                self.scoring.dispatch()
+            for number in sorted(changed):
+                self._report(self.ledger.trials[number])
+            if changed:
+                for work in self.ledger.ready():
+                    self.ledger.pop(work.number)
+                    self._submit_write(self._records(work))
+            self._flush(study, summary, timing, block=not to_ask and not self.ledger.trials)
+            if want_ask:
+                t0 = time.perf_counter()
+                trial = study.ask(self.dists)
+                self._start(trial, next(numbers))
+                elapsed = time.perf_counter() - t0
+                timing["ask"] += elapsed
+                self.ask_s.append(elapsed)
+                to_ask -= 1
+                self._dispatch()
+        summary.seconds = timing
+        summary.latency_ms = _latency_ms({"ask": self.ask_s, "tell": self.tell_s})
+        summary.best = _best(study)
+        return summary
+
+    def _poll_timeout(self, want_ask: bool) -> float:
+        """How long the pass may block on the workers: not at all while there
+        is a trial to ask; briefly while a write is pending (its tell should
+        not wait for the next batch to finish); else until a batch finishes."""
+        if want_ask:
+            return 0.0
+        if self.writes or (self.scoring is not None and self.scoring.busy):
+            return 0.02
+        return 0.5
+
+    def _dispatch(self) -> None:
+        """Give every idle worker a batch of pending assignments."""
+        if not self.ledger.pending:
+            return
+        for key in self.pool.keys:
+            if not self.ledger.busy(key):
+                batch = self.ledger.take(key, self.cfg.model.max_batch_jobs)
+                if not batch:
+                    return
+                self.pool.submit(key, batch)
+
+    def _start(self, trial: optuna.trial.Trial, number: int) -> None:
+        trial.set_user_attr(STORE_TRIAL, number)
+        params = TrialParams.from_params({**self.fixed, **trial.params})
+        assignments = [
+            build_assignment(
+                vector_id(self.cfg.name, number, ex.id),
+                number,
+                ex,
+                params,
+                self.plan.space,
+                study_seed=self.cfg.seed,
+                log_base=self.cfg.evaluation.log_base,
+            )
+            for ex in self.plan.train
+        ]
+        self.ledger.add_trial(TrialWork(number, assignments, trial, params, started=_now()))
+
+    def _report(self, work: TrialWork) -> None:
+        """Intermediate value after each finished vector; may prune the trial."""
+        if len(self.objectives) > 1 or work.pruned:
+            return
+        outcomes = work.ordered_outcomes()
+        if len(outcomes) <= work.reported or any(o.error for o in outcomes):
+            return
+        work.reported = len(outcomes)
+        value = self._values(outcomes)[0]
+        if math.isfinite(value):
+            work.handle.report(value, step=len(outcomes) - 1)
+            work.intermediate[len(outcomes) - 1] = value
+            if len(outcomes) < len(work.assignments) and work.handle.should_prune():
+                log.info("pruning trial %d after %d vectors", work.number, len(outcomes))
+                self.ledger.prune(work.number)
+
+    def _values(self, outcomes: list) -> list[float]:
+        rows = [r for o in outcomes for r in o.rows]
+        norms = {o.vector_id: o.result.final_norm for o in outcomes if o.result is not None}
+        return [trial_value(rows, obj, norms) for obj in self.objectives]
+
+    def _records(self, work: TrialWork) -> _TrialRows:
+        outcomes = work.ordered_outcomes()
+        errors = sorted({o.error for o in outcomes if o.error})
+        values: list[float] | None = None
+        error = None
+        if work.pruned:
+            state = "PRUNED"
+        elif errors:
+            state, error = (
+                "FAIL",
+                "; ".join(errors[:3]) + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""),
+            )
+        else:
+            values = self._values(outcomes)
+            bad = [
+                o.label
+                for o, v in zip(self.objectives, values, strict=True)
+                if not math.isfinite(v)
+            ]
+            state = "COMPLETE" if not bad else "FAIL"
+            if bad:
+                error, values = f"objective(s) {', '.join(bad)} had no finite value", None
+        record = TrialRecord(
+            number=work.number,
+            state=state,
+            params=work.params.as_dict() if work.params is not None else {},
+            values=values,
+            intermediate_values=dict(work.intermediate),
+            started_at=work.started,
+            finished_at=_now(),
+            error=error,
+            distributions_json=self.dists_json,
+        )
+        vectors: list[VectorRecord] = []
+        transfer: list[TransferRecord] = []
+        p = work.params
+        assert p is not None  # set by _start for every trial the driver runs
+        for a, o in ((a, work.outcomes.get(a.vector_id)) for a in work.assignments):
+            if o is None or o.result is None:
+                continue
+            vectors.append(
+                VectorRecord(
+                    o.result,
+                    a.example_id,
+                    loss_kind=p.loss,
+                    lr=p.lr,
+                    norm_bound=p.norm,
+                    intervention=p.intervention,
+                    dtype=self.plan.model_spec.dtype,
+                )
+            )
+            transfer += [
+                TransferRecord(
+                    r.vector_id, r.example_id, r.metric, r.steered, r.unsteered, r.success
+                )
+                for r in o.rows
+            ]
+        return _TrialRows(work, record, vectors, transfer)
+
+    def _submit_write(self, item: _TrialRows, delay: float = 0.0) -> None:
+        fut = self.writer_threads.submit(
+            self._write, item.record, item.vectors, item.transfer, delay
+        )
+        self.writes[fut] = item
+
+    def _write(self, record: TrialRecord, vectors: list, transfer: list, delay: float) -> float:
+        if delay:
+            time.sleep(delay)  # a retry after a failed write; waits here, not in the loop
+        t0 = time.perf_counter()
+        self.writer.write_trial(record, vectors, transfer)
+        return time.perf_counter() - t0
+
+    def _flush(
+        self, study: optuna.Study, summary: RunSummary, timing: dict[str, float], block: bool
+    ) -> None:
+        """Tell Optuna about trials whose write finished (``block``: wait a
+        little for one, when nothing else is left to do). A failed write keeps
+        the trial pending and is tried again: nothing is told unwritten."""
+        if not self.writes:
+            return
+        done = [f for f in self.writes if f.done()]
+        if not done and block:
+            cf.wait(list(self.writes), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            done = [f for f in self.writes if f.done()]
+        for fut in done:
+            item = self.writes.pop(fut)
+            work, record, vectors = item.work, item.record, item.vectors
+            try:
+                timing["write"] += fut.result()
+            except StoreWriteError as exc:
+                log.error("could not write trial %d yet (%s); will retry", record.number, exc)
+                self._submit_write(item, delay=1.0)
+                continue
+            t0 = time.perf_counter()
+            if record.error:
+                work.handle.set_user_attr("error", record.error[:1000])
+            if record.state == "COMPLETE":
+                study.tell(work.handle, record.values)
+            else:
+                study.tell(work.handle, state=getattr(TrialState, record.state))
+            elapsed = time.perf_counter() - t0
+            timing["tell"] += elapsed
+            self.tell_s.append(elapsed)
+            summary.told += 1
+            summary.vectors += len(vectors)
+            summary.states[record.state] = summary.states.get(record.state, 0) + 1
+            if self.progress:
+                self.progress(summary, record.number)
+
+
+def _latency_ms(series: dict[str, list[float]]) -> dict[str, float]:
+    out = {}
+    for name, values in series.items():
+        if values:
+            out[f"{name}_mean"] = 1000 * sum(values) / len(values)
+            tail = values[-100:]
+            out[f"{name}_last100"] = 1000 * sum(tail) / len(tail)
+    return out
+
+
+def _best(study: optuna.Study) -> list[dict[str, Any]]:
+    try:
+        best = study.best_trials
+    except ValueError:
+        return []
+    return [
+        {"store_trial": t.user_attrs.get(STORE_TRIAL), "values": t.values, "params": t.params}
+        for t in best
+    ]

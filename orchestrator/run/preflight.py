@@ -1,0 +1,207 @@
+"""Everything checked before any model is loaded or actor started.
+
+``prepare(config)`` resolves the task's examples, reads the model's shape
+from its config (no weights), resolves the layer range against it, checks the
+search space against the training examples, and checks that the store is
+reachable and writable. Any problem raises :class:`PreflightError` with a
+message that names the config key.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.store import StoreConfigError, StoreRoot, check_store, resolve_root
+from orchestrator.study.config import ModelConfig, SearchSpace, StudyConfig
+from orchestrator.study.params import parse_tokens
+from orchestrator.study.space import distributions, fixed_params, grid, resolve_layers
+from workers.evaluation.evaluate import EvalSpec
+from workers.examples import Example
+from workers.models import Codec, ModelShape, ModelSpec, load_codec, peek_shape
+
+log = logging.getLogger(__name__)
+
+
+class PreflightError(ValueError):
+    """The study cannot start; the message says what to fix."""
+
+
+@dataclass
+class Plan:
+    config: StudyConfig
+    shape: ModelShape
+    model_spec: ModelSpec
+    space: SearchSpace  # layers resolved against the model
+    train: list[Example]
+    transfer: list[Example]
+    evaluation: EvalSpec
+    store: StoreRoot  # resolved once, here; every writer and reader of the run uses it
+    # The surprisal model's spec (a second pool of actors) and the context C
+    # its surprisal is taken under (the task's ``surprisal_context``).
+    surprisal_spec: ModelSpec | None = None
+    surprisal_context: tuple[str, ...] = ()
+
+    @property
+    def store_uri(self) -> str:
+        return self.store.uri
+
+
+def model_spec(config: StudyConfig) -> ModelSpec:
+    return spec_of(config.model)
+
+
+def spec_of(m: ModelConfig) -> ModelSpec:
+    return ModelSpec(
+        m.name,
+        dtype=m.dtype,
+        device=m.device,
+        revision=m.revision,
+        trust_remote_code=m.trust_remote_code,
+        layers_path=m.layers_path,
+    )
+
+
+def load_task(config: StudyConfig) -> tuple[list[Example], list[Example], Any]:
+    """``(train, transfer, task)``; ``task`` is the built-in task or None."""
+    from orchestrator import datasets
+
+    t = config.task
+    task = None
+    if t.builtin is not None:
+        try:
+            task = datasets.builtin_task(t.builtin)
+        except KeyError:
+            names = ", ".join(sorted(datasets.BUILTIN_TASKS))
+            raise PreflightError(
+                f"task.builtin '{t.builtin}' is not a built-in task ({names})"
+            ) from None
+        examples = list(task.examples)
+    else:
+        assert t.path is not None  # TaskConfig allows exactly one source
+        examples = datasets.load_examples(t.path, t.mapping or None)
+    train = [e for e in examples if e.split == t.train_split]
+    transfer = [e for e in examples if e.split == t.transfer_split]
+    if t.max_transfer is not None:
+        transfer = transfer[: t.max_transfer]
+    return train, transfer, task
+
+
+def _check_space(config: StudyConfig, space: SearchSpace, train: list[Example]) -> None:
+    try:
+        dists = distributions(space)
+        tokens = space.tokens if isinstance(space.tokens, list) else [space.tokens]
+        for spec in tokens:
+            parse_tokens(spec)
+    except ValueError as exc:
+        raise PreflightError(f"search: {exc}") from None
+    fixed = fixed_params(space)
+    if not dists and config.n_trials > 1 and config.sampler.name != "grid":
+        log.warning("the search space has no sampled entry: every trial has the same params")
+    if config.sampler.name == "grid":
+        try:
+            points = 1
+            for values in grid(space).values():
+                points *= len(values)
+        except ValueError as exc:
+            raise PreflightError(str(exc)) from None
+        if config.n_trials > points:
+            raise PreflightError(
+                f"n_trials is {config.n_trials} but the grid has only {points} points; "
+                f"set n_trials to at most {points}"
+            )
+    losses = set(dists["loss"].choices) if "loss" in dists else {fixed["loss"]}  # type: ignore[attr-defined]
+    for ex in train:
+        if "promote" in losses and not ex.promote:
+            raise PreflightError(
+                f"search.loss includes promote but training example '{ex.id}' has no promote target"
+            )
+        if "suppress" in losses and not ex.suppress:
+            raise PreflightError(
+                f"search.loss includes suppress but training example '{ex.id}' has no suppress target"
+            )
+
+
+def check_lengths(codec: Codec, examples: list[Example]) -> None:
+    """Every prompt plus its longest target fits the model's context, and no
+    prompt or target encodes to nothing (the same encoding the workers use)."""
+    for ex in examples:
+        where = f"{ex.split} example '{ex.id}'"
+        try:
+            n = len(codec.encode_prompt(ex.prompt))
+            lengths = [(text, n + len(codec.encode_target(text))) for text, _, _ in ex.targets()]
+        except ValueError as exc:
+            raise PreflightError(f"{where}: {exc}") from None
+        for text, total in [("", n), *lengths]:
+            if total > codec.max_context:
+                what = f"its prompt plus target {text[:40]!r}" if text else "its prompt"
+                raise PreflightError(
+                    f"{where}: {what} is {total} tokens, longer than the context of "
+                    f"{codec.model_id} ({codec.max_context} tokens); shorten it or drop the example"
+                )
+
+
+def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
+    """Validate a study against its model, data and store; see the module docstring."""
+    spec = model_spec(config)
+    try:
+        shape = peek_shape(spec)
+    except Exception as exc:
+        raise PreflightError(f"model.name: {exc}") from None
+    try:
+        space = resolve_layers(config.search, shape.n_layers)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+    train, transfer, task = load_task(config)
+    k = config.vectors_per_trial
+    if len(train) < k:
+        raise PreflightError(
+            f"vectors_per_trial is {k} but the task has only {len(train)} examples in split "
+            f"'{config.task.train_split}'"
+        )
+    train = train[:k]
+    if not transfer:
+        raise PreflightError(f"the task has no examples in split '{config.task.transfer_split}'")
+    _check_space(config, space, train)
+    codec = load_codec(spec)
+    if codec is not None:
+        check_lengths(codec, train + transfer)
+    else:
+        log.info("%s: prompt lengths are checked when the model loads", config.model.name)
+    ev = config.evaluation
+    evaluation = EvalSpec(
+        examples=tuple(transfer),
+        metrics=tuple(ev.metrics),
+        neutral_prompts=tuple(getattr(task, "neutral_prompts", ()) or ()),
+        judge_contains_any=tuple(getattr(task, "judge_contains_any", ()) or ()),
+        judge_lacks_all=tuple(getattr(task, "judge_lacks_all", ()) or ()),
+        generation_tokens=ev.generation_tokens,
+        log_base=ev.log_base,
+        max_kl=ev.max_kl,
+        batch_size=ev.batch_size,
+        max_targets=ev.max_targets,
+    )
+    if "side_effect_kl" in ev.metrics and not evaluation.neutral_prompts:
+        raise PreflightError(
+            "evaluation.metrics has side_effect_kl but the task has no neutral prompts"
+        )
+    if "judge" in ev.metrics and not (evaluation.judge_contains_any or evaluation.judge_lacks_all):
+        raise PreflightError("evaluation.metrics has judge but the task defines no judge strings")
+    surprisal_spec = None
+    if config.surprisal_model is not None:
+        surprisal_spec = spec_of(config.surprisal_model)
+        try:
+            peek_shape(surprisal_spec)
+        except Exception as exc:
+            raise PreflightError(f"surprisal_model.name: {exc}") from None
+    try:
+        store = resolve_root(config.store.root, endpoint_url=config.store.endpoint_url)
+        if check_store_root:
+            check_store(store)
+    except StoreConfigError as exc:
+        raise PreflightError(f"store.root: {exc}") from None
+    context = tuple(getattr(task, "surprisal_context", ()) or ())
+    return Plan(
+        config, shape, spec, space, train, transfer, evaluation, store, surprisal_spec, context
+    )

@@ -1,0 +1,283 @@
+"""``steer-sweep run``: preflight, Ray, actors, the store, the driver, a summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from orchestrator.run.driver import Driver, RunSummary
+from orchestrator.run.pools import Pool, RayPool
+from orchestrator.run.preflight import Plan, prepare
+from orchestrator.run.surprisal import RayScorePool, ScorePool, Scoring
+from orchestrator.store import (
+    ExampleRecord,
+    StoreRoot,
+    StoreWriter,
+    StudyConfigMismatch,
+    StudyContext,
+    config_hash,
+    load_study_config,
+    redact,
+    save_study_config,
+)
+from orchestrator.store.roots import put_bytes
+from orchestrator.store.study_config import canonical_json
+from orchestrator.study.config import ModelConfig, RayConfig, StudyConfig
+
+log = logging.getLogger(__name__)
+
+
+def connect_ray(cfg: RayConfig) -> str:
+    """Join the cluster at ``cfg.address``; with none, join a running one if
+    there is one ("auto"), else start a local one. Returns how it connected."""
+    import ray
+
+    if ray.is_initialized():
+        return "already connected"
+    kwargs: dict[str, Any] = {"namespace": cfg.namespace, "log_to_driver": True}
+    if cfg.address:
+        ray.init(address=cfg.address, **kwargs)
+        return f"cluster at {cfg.address}"
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(**kwargs)  # `ray job submit` sets RAY_ADDRESS for the driver
+        return f"cluster at {os.environ['RAY_ADDRESS']}"
+    try:
+        ray.init(address="auto", **kwargs)
+        return "running cluster (address=auto)"
+    except ConnectionError:
+        pass
+    ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), num_gpus=cfg.num_gpus, **kwargs)
+    return "new local cluster"
+
+
+# Keys that say where and how a study runs, not what it computes: changing
+# them between runs resumes the same study, and rows keep one config_hash.
+RESOURCE_KEYS: tuple[str, ...] = (
+    "ray",
+    "trials_in_flight",
+    *(
+        f"{section}.{key}"
+        for section in ("model", "surprisal_model")
+        for key in (
+            "num_actors",
+            "gpus_per_actor",
+            "cpus_per_actor",
+            "torch_threads",
+            "max_batch_jobs",
+            "placement",
+        )
+    ),
+)
+
+
+def identity_hash(config: dict[str, Any]) -> str:
+    """The hash of a (redacted) config without its resource keys: the study's identity."""
+    trimmed = json.loads(json.dumps(config))
+    for dotted in RESOURCE_KEYS:
+        *parents, last = dotted.split(".")
+        node = trimmed
+        for part in parents:
+            node = node.get(part) or {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return config_hash(trimmed)
+
+
+def _changes(old: Any, new: Any, path: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _changes(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        return out
+    return [] if old == new else [path or "(top level)"]
+
+
+def store_config(
+    config: StudyConfig, root: StoreRoot, *, extend: bool = False, force: bool = False
+) -> str:
+    """Save the study's (redacted) config in the store, or check it against
+    the one saved by an earlier run; returns the config hash.
+
+    A different config under the same study name is refused
+    (``StudyConfigMismatch``, naming the keys that differ), except that
+    ``extend`` accepts a larger ``n_trials`` and nothing else, and ``force``
+    accepts any change. The replaced config is kept in the store as
+    ``_studies/<study>/history/config-<hash>.json``, so the store records
+    which configs its trials came from (each row's ``config_hash``).
+    """
+    new = redact(config.model_dump(mode="json"))
+    old = load_study_config(root, config.name)
+    if old is None or config_hash(old) == config_hash(new):
+        save_study_config(root, config.name, new)
+        return identity_hash(new)
+    changed = [key for key in _changes(old, new) if not key.startswith(RESOURCE_KEYS)]
+    if not changed:
+        # Only where and how it runs changed (actors, GPUs, the cluster):
+        # the same study, resumed on other hardware.
+        log.info("study %s: resuming with other resources", config.name)
+        save_study_config(root, config.name, new, overwrite=True)
+        return identity_hash(new)
+    if force or (extend and changed == ["n_trials"] and new["n_trials"] > old["n_trials"]):
+        key = f"_studies/{config.name}/history/config-{config_hash(old)}.json"
+        put_bytes(root, key, canonical_json(old).encode())
+        log.warning(
+            "study %s: config changed (%s); the earlier one is kept as %s",
+            config.name,
+            ", ".join(changed),
+            key,
+        )
+        save_study_config(root, config.name, new, overwrite=True)
+        return identity_hash(new)
+    hint = (
+        "--extend accepts a larger n_trials and nothing else"
+        if extend
+        else "rerun with --extend to raise n_trials, or --force-config to accept the change"
+    )
+    raise StudyConfigMismatch(
+        f"study {config.name!r} in {root.uri} was run with a different config "
+        f"(changed: {', '.join(changed)}); {hint}, or use a new study name"
+    )
+
+
+def study_context(plan: Plan, info: dict[str, Any]) -> StudyContext:
+    cfg = plan.config
+    return StudyContext(
+        study=cfg.name,
+        config_hash=identity_hash(redact(cfg.model_dump(mode="json"))),
+        model_id=cfg.model.name,
+        d_model=int(info.get("d_model", plan.shape.d_model)),
+        model_revision=str(info.get("revision", "")),
+    )
+
+
+def examples_records(plan: Plan) -> list[ExampleRecord]:
+    out = []
+    for ex in plan.train + plan.transfer:
+        out.append(ExampleRecord(ex.id, ex.split, ex.prompt, ex.scored_prompt().targets))
+    return out
+
+
+def _actors(m: ModelConfig, plan: Plan) -> dict[str, Any]:
+    """The actor count, resources and placement of one model's pool."""
+    return {
+        "num_actors": m.num_actors,
+        "num_cpus": m.cpus_per_actor,
+        "num_gpus": m.gpus_per_actor,
+        "max_batch_jobs": m.max_batch_jobs,
+        "torch_threads": m.torch_threads,
+        "namespace": plan.config.ray.namespace,
+        "placement": m.placement,
+    }
+
+
+def make_ray_pool(plan: Plan) -> RayPool:
+    m = plan.config.model
+    return RayPool(
+        model=plan.model_spec,
+        evaluation=plan.evaluation,
+        label=f"{m.name}:{plan.config.name}",
+        **_actors(m, plan),
+    )
+
+
+def make_surprisal_pool(plan: Plan) -> RayScorePool:
+    """The second pool: actors holding the surprisal (base) model."""
+    m = plan.config.surprisal_model
+    assert m is not None and plan.surprisal_spec is not None
+    ev = plan.config.evaluation
+    return RayScorePool(
+        context=plan.surprisal_context,
+        log_base=ev.log_base,
+        batch_size=ev.batch_size,
+        model=plan.surprisal_spec,
+        label=f"{m.name}:{plan.config.name}:surprisal",
+        **_actors(m, plan),
+    )
+
+
+def run_study(
+    config: StudyConfig,
+    *,
+    pool: Pool | None = None,
+    scorer: ScorePool | None = None,
+    show_progress: bool = True,
+    extend: bool = False,
+    force_config: bool = False,
+) -> RunSummary:
+    """Run (or resume) a study; see :mod:`orchestrator.run.driver`.
+
+    ``pool`` replaces the Ray actors (tests, benchmarks); by default Ray is
+    connected and one ``SteeringWorker`` per ``model.num_actors`` is started,
+    and with a ``surprisal_model`` a second pool of ``surprisal_model.num_actors``
+    actors holding that model (``scorer`` replaces it).
+    ``extend`` / ``force_config``: see :func:`store_config`.
+    """
+    started = time.perf_counter()
+    plan = prepare(config)
+    store_config(config, plan.store, extend=extend, force=force_config)  # before any actor starts
+    log.info("study %s: results go to %s", config.name, plan.store_uri)
+    info: dict[str, Any] = {}
+    started_pools: list[Any] = []  # what this call started, and so shuts down
+    try:
+        if pool is None or (scorer is None and plan.surprisal_spec is not None):
+            log.info("ray: %s", connect_ray(config.ray))
+        if pool is None:
+            pool = make_ray_pool(plan)
+            started_pools.append(pool)
+        if scorer is None and plan.surprisal_spec is not None:
+            scorer = make_surprisal_pool(plan)  # loads beside the steering actors
+            started_pools.append(scorer)
+        for p in started_pools:
+            infos = p.info()
+            if p is pool:
+                info = infos[0]  # the steering model's: d_model and revision of the rows
+            for i in infos:
+                log.info(
+                    "actor %s on %s pid %s: %s on %s, loaded in %.1f s",
+                    i["label"],
+                    i["host"],
+                    i["pid"],
+                    i["model"],
+                    i["device"],
+                    i["load_s"],
+                )
+        load_s = time.perf_counter() - started
+        ctx = study_context(plan, info)
+        writer = StoreWriter(plan.store, ctx)
+        writer.write_examples(examples_records(plan))
+        bar = _progress(config.n_trials) if show_progress else None
+
+        def on_trial(summary: RunSummary, number: int) -> None:
+            if bar is not None:
+                bar.n = summary.resumed + summary.told
+                bar.set_postfix(
+                    vectors=summary.vectors, **{k.lower(): v for k, v in summary.states.items()}
+                )
+                bar.refresh()
+
+        scoring = None
+        if scorer is not None:
+            scoring = Scoring(
+                scorer, max_items=(config.surprisal_model or config.model).max_batch_jobs
+            )
+        try:
+            summary = Driver(plan, pool, writer, progress=on_trial, scoring=scoring).run()
+        finally:
+            if bar is not None:
+                bar.close()
+    finally:
+        for p in started_pools:
+            p.shutdown()
+    summary.seconds["setup_and_model_load"] = load_s
+    summary.seconds["total"] = time.perf_counter() - started
+    return summary
+
+
+def _progress(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="trials", unit="trial", dynamic_ncols=True)

@@ -1,0 +1,69 @@
+"""One trial's parameters, converted once: :class:`TrialParams`.
+
+A trial's raw parameters are the fixed entries of the search space plus what
+Optuna sampled (:func:`orchestrator.study.space.fixed_params`). They are read
+here, into typed fields, and nowhere else: the assignment builder
+(:mod:`orchestrator.run.expand`) and the stored rows (the driver's records)
+both take a :class:`TrialParams`. The raw dict is kept as it came, because it
+is what the ``trials`` table stores (``params_json``, ``param_*``) and what a
+resumed study tells Optuna.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from workers.jobs import InterventionKind, TokenSelection
+
+
+def parse_tokens(spec: str) -> TokenSelection:
+    """``all``, ``prompt``, ``last_k:20`` or ``positions:0,-1``."""
+    kind, _, arg = spec.partition(":")
+    if kind in ("all", "prompt") and not arg:
+        return TokenSelection(kind)  # type: ignore[arg-type]
+    if kind == "last_k" and arg.isdigit():
+        return TokenSelection("last_k", k=int(arg))
+    if kind == "positions" and arg:
+        return TokenSelection("positions", positions=tuple(int(p) for p in arg.split(",")))
+    raise ValueError(f"token selection '{spec}': use all, prompt, last_k:K or positions:I,J")
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """The settings every vector of one trial shares (the ``search:`` entries)."""
+
+    layer: int
+    norm: float | None
+    loss: str
+    lr: float
+    max_iters: int
+    init_norm: float
+    coldness: float
+    tokens: TokenSelection
+    intervention: InterventionKind
+    clamp_coef: float
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @staticmethod
+    def from_params(params: Mapping[str, Any]) -> TrialParams:
+        """Raises ``KeyError`` for a missing entry and ``ValueError`` for a bad token selection."""
+        norm = params.get("norm")
+        return TrialParams(
+            layer=int(params["layer"]),
+            norm=None if norm is None else float(norm),
+            loss=str(params["loss"]),
+            lr=float(params["lr"]),
+            max_iters=int(params["max_iters"]),
+            init_norm=float(params["init_norm"]),
+            coldness=float(params["coldness"]),
+            tokens=parse_tokens(str(params["tokens"])),
+            intervention=cast(InterventionKind, str(params["intervention"])),
+            clamp_coef=float(params["clamp_coef"]),
+            raw=dict(params),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The raw parameters, as stored in the ``trials`` table."""
+        return dict(self.raw)

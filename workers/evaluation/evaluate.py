@@ -1,0 +1,101 @@
+"""What a study measures on every finished vector (:class:`EvalSpec`), and
+:func:`evaluate`, which runs those metrics on a batch of vectors."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from workers.evaluation.judges import ContainsAny, Judge, LacksAll
+from workers.evaluation.transfer import (
+    Generation,
+    TransferRow,
+    choice_flips,
+    generations,
+    judged,
+    side_effect_kl,
+    target_logprobs,
+)
+from workers.examples import Example
+from workers.jobs import Prompt
+from workers.models import LoadedModel
+from workers.steering.vectors import SteeringVector
+
+# "surprisal": the worker returns its greedy generations (``VectorOutcome.generations``);
+# the orchestrator has them scored by the surprisal model's own actors.
+METRICS = ("target_logprob", "choice_flip", "judge", "side_effect_kl", "surprisal")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What to measure on every vector; fixed for a study."""
+
+    examples: tuple[Example, ...] = ()
+    metrics: tuple[str, ...] = ("target_logprob",)
+    neutral_prompts: tuple[Prompt, ...] = ()
+    judge_contains_any: tuple[str, ...] = ()
+    judge_lacks_all: tuple[str, ...] = ()
+    generation_tokens: int = 24
+    coldness: float = 0.7
+    log_base: float = 10.0
+    max_kl: float = 0.1
+    batch_size: int = 32
+    max_targets: int | None = None  # score at most this many targets per held-out example
+
+
+def evaluate(
+    lm: LoadedModel,
+    spec: EvalSpec,
+    vectors: list[SteeringVector],
+    cache: dict[tuple[str, float], list[float]] | None = None,
+) -> tuple[list[TransferRow], list[Generation]]:
+    rows: list[TransferRow] = []
+    gens: list[Generation] = []
+    if not vectors:
+        return rows, gens
+    examples = list(spec.examples)
+    if spec.max_targets is not None:
+        examples = [first_targets(ex, spec.max_targets) for ex in examples]
+    if "target_logprob" in spec.metrics:
+        rows += target_logprobs(
+            lm,
+            vectors,
+            examples,
+            coldness=spec.coldness,
+            log_base=spec.log_base,
+            batch_size=spec.batch_size,
+            unsteered_cache=cache,
+        )
+    if "choice_flip" in spec.metrics:
+        rows += choice_flips(lm, vectors, examples, batch_size=spec.batch_size)
+    if "judge" in spec.metrics or "surprisal" in spec.metrics:
+        gens = generations(
+            lm, vectors, examples, n_tokens=spec.generation_tokens, batch_size=spec.batch_size
+        )
+    if "judge" in spec.metrics:
+        judges: list[Judge] = []
+        if spec.judge_contains_any:
+            judges.append(ContainsAny(spec.judge_contains_any))
+        if spec.judge_lacks_all:
+            judges.append(LacksAll(spec.judge_lacks_all))
+        for judge in judges:
+            rows += judged(gens, examples, judge)
+    if "side_effect_kl" in spec.metrics and spec.neutral_prompts:
+        rows += side_effect_kl(
+            lm,
+            vectors,
+            list(spec.neutral_prompts),
+            log_base=spec.log_base,
+            max_kl=spec.max_kl,
+            batch_size=spec.batch_size,
+        )
+    return rows, gens
+
+
+def first_targets(ex: Example, n: int) -> Example:
+    """``ex`` with only its first ``n`` targets (promote first, then suppress)."""
+    promote = ex.promote[:n]
+    suppress = ex.suppress[: max(0, n - len(promote))]
+    keep = list(range(len(promote))) + [len(ex.promote) + i for i in range(len(suppress))]
+    thresholds = tuple(ex.thresholds[i] for i in keep) if ex.thresholds else ()
+    return dataclasses.replace(ex, promote=promote, suppress=suppress, thresholds=thresholds)
