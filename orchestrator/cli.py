@@ -12,10 +12,30 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from orchestrator import commands as C
 
 EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one paragraph starting ``error:`` (exit 2),
+    like every other bad-input error of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _count(text: str) -> int:
+    """A positive whole number (for --top, --last, --best)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _root_args(p: argparse.ArgumentParser) -> None:
@@ -74,10 +94,15 @@ def _change_args(p: argparse.ArgumentParser) -> None:
         help="the study exists with another config: accept this one (the old one is kept "
         "in the store under _studies/STUDY/history/)",
     )
+    p.add_argument(
+        "--force-lease",
+        action="store_true",
+        help="take the study's lease even if another run holds it (that run then stops)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="steer-sweep", description="Distributed sweeps of one-shot LLM steering vectors."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -99,12 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="trials and vectors of a study, from the store")
     _root_args(p)
-    p.add_argument("--last", type=int, default=10, help="show the last N trials")
+    p.add_argument("--last", type=_count, default=10, help="show the last N trials")
     p.set_defaults(func=C.cmd_status)
 
     p = sub.add_parser("best", help="the best vectors of a study, from the store")
     _root_args(p)
-    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--top", type=_count, default=10)
     p.set_defaults(func=C.cmd_best)
 
     p = sub.add_parser(
@@ -117,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _root_args(p)
     p.add_argument("--out", help="output folder (default: report-STUDY)")
-    p.add_argument("--top", type=int, default=10, help="vectors in the top table and similarity")
+    p.add_argument("--top", type=_count, default=10, help="vectors in the top table and similarity")
     p.add_argument("--embed", action="store_true", help="inline the PNGs: one self-contained file")
     p.set_defaults(func=C.cmd_report)
 
@@ -129,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write vectors as safetensors or llama.cpp GGUF control vectors"
     )
     _root_args(p)
-    p.add_argument("vector_ids", nargs="*")
-    p.add_argument("--best", type=int, default=0, help="also export the N best vectors")
+    p.add_argument("vector_ids", nargs="*", help="vector ids (before or after the options)")
+    p.add_argument(
+        "--best", type=_count, default=None, help="also export the N best exportable vectors"
+    )
     p.add_argument("--format", choices=["safetensors", "gguf"], default="safetensors")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=C.cmd_export)
@@ -155,8 +182,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line. ``export`` takes its vector ids before or after
+    its options (``export STUDY --root R ID``); other extra words are errors."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command == "export" and not any(e.startswith("-") for e in extra):
+            args.vector_ids = [*args.vector_ids, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse(argv)
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            raise  # --help
+        return int(exc.code) if isinstance(exc.code, int) else C.EXIT_BAD_INPUT
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -165,20 +210,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     # botocore at DEBUG would print request headers, session tokens included.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     from orchestrator.datasets import DatasetError
+    from orchestrator.run.committer import StoreUnavailable
     from orchestrator.run.preflight import PreflightError
-    from orchestrator.store import StoreConfigError, StudyConfigMismatch
+    from orchestrator.store import (
+        LeaseHeld,
+        LeaseLost,
+        NoSuchStudy,
+        StoreConfigError,
+        StudyConfigMismatch,
+    )
     from orchestrator.study.config import ConfigError
     from workers.models import ModelLoadError
     from workers.models.layers import LayerResolutionError
     from workers.steering.encoding import JobError
 
     bad_input = (C.BadInput, ConfigError, DatasetError, PreflightError, StoreConfigError,
-                 StudyConfigMismatch, JobError, ModelLoadError, LayerResolutionError)  # fmt: skip
+                 StudyConfigMismatch, JobError, ModelLoadError, LayerResolutionError,
+                 NoSuchStudy, LeaseHeld)  # fmt: skip
     try:
         return int(args.func(args))
+    except (StoreUnavailable, LeaseLost) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)  # the run stopped; nothing finished is lost
+        return C.EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`steer-sweep status ... | head`): not an error.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return C.EXIT_OK
     except bad_input as exc:
         if args.debug:
             raise

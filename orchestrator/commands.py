@@ -33,19 +33,47 @@ def _root(args: argparse.Namespace) -> tuple[str, str | None]:
     raise BadInput("give --root (a store path or s3://bucket/prefix) or --config STUDY.yaml")
 
 
+def _open(args: argparse.Namespace) -> Any:
+    """The study the command names, which must be in the store: a readable
+    error (``NoSuchStudy``, ``StoreConfigError``; exit 2) otherwise, before
+    anything is written."""
+    from orchestrator.store import check_store, open_existing_study, resolve_root
+    from orchestrator.store.schemas import check_study_name
+
+    root, endpoint = _root(args)
+    try:
+        check_study_name(args.study)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    store = resolve_root(root, endpoint_url=endpoint)
+    if store.is_s3:
+        check_store(store, probe_write=False)  # a missing bucket or bad key, in seconds
+    return open_existing_study(store, args.study)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.run.runner import run_study
     from orchestrator.study.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     summary = run_study(
-        cfg, show_progress=not args.quiet, extend=args.extend, force_config=args.force_config
+        cfg,
+        show_progress=not args.quiet,
+        extend=args.extend,
+        force_config=args.force_config,
+        force_lease=args.force_lease,
     )
+    # Every count below is read back from the store after the run.
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items()))
     print(
-        f"study {summary.study}: {summary.resumed + summary.told}/{summary.n_trials} trials "
-        f"({states}); {summary.told} run now, {summary.resumed} from an earlier run"
+        f"study {summary.study}: {summary.stored}/{summary.n_trials} trials in the store "
+        f"({states or 'none'}); {summary.told} run now, {summary.resumed} from an earlier run"
     )
+    if summary.rewritten:
+        print(
+            f"the store lost {len(summary.rewritten)} trial(s) during the run; they were "
+            f"written again: {', '.join(map(str, summary.rewritten[:20]))}"
+        )
     for best in summary.best[:3]:
         print(f"best trial {best['store_trial']}: values {best['values']} params {best['params']}")
     t = summary.seconds
@@ -59,15 +87,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"\n  steer-sweep best {cfg.name} --root {cfg.store.root}"
         f"\n  steer-sweep report {cfg.name} --root {cfg.store.root}"
     )
+    if summary.lost:
+        shown = ", ".join(map(str, summary.lost[:20])) + (" ..." if len(summary.lost) > 20 else "")
+        print(
+            f"error: {len(summary.lost)} trial(s) finished but are not in the store "
+            f"{summary.store}, which lost them after they were written ({shown}); they are "
+            "not counted above. Rerun the same command to run them again.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     failed = summary.states.get("FAIL", 0)
-    return EXIT_OK if failed < summary.n_trials else EXIT_FAILED
+    return EXIT_OK if failed < max(summary.stored, 1) else EXIT_FAILED
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from orchestrator.store import open_study
+    from orchestrator.store import read_holder
 
-    root, endpoint = _root(args)
-    study = open_study(root, args.study, endpoint_url=endpoint)
+    study = _open(args)
+    root = study.root.uri
+    holder = read_holder(study.root, study.name)
+    if holder is not None:
+        now = time.time()
+        stale_s = float(((study.config() or {}).get("store") or {}).get("lease_stale_s", 60))
+        if now - holder.heartbeat_at <= stale_s:
+            print(f"study {args.study}: running now, {holder.describe(now)}")
+        else:
+            print(f"study {args.study}: not running; a lease was left by {holder.describe(now)}")
     trials = study.completed_trials()
     if not trials:
         print(f"study {args.study} in {root}: no finished trials yet")
@@ -92,13 +137,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from orchestrator.store import open_study
-
-    root, endpoint = _root(args)
-    study = open_study(root, args.study, endpoint_url=endpoint)
+    study = _open(args)
     frame = study.joined_frame()
     if frame.empty:
-        print(f"study {args.study} in {root}: no vectors yet")
+        print(f"study {args.study} in {study.root.uri}: no vectors yet")
         return EXIT_OK
     frame = frame[frame["trial_state"] == "COMPLETE"]
     top = frame.sort_values(["trial_value", "transfer_success"], ascending=False).head(args.top)
@@ -132,17 +174,12 @@ def _pandas_wide() -> Any:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import build_report
-    from orchestrator.store.schemas import check_study_name
 
-    root, endpoint = _root(args)
-    try:
-        check_study_name(args.study)
-    except ValueError as exc:
-        raise BadInput(str(exc)) from exc
-    if args.top < 1:
-        raise BadInput(f"--top must be at least 1, got {args.top}")
-    out = args.out or f"report-{args.study}"
-    res = build_report(root, args.study, out, endpoint_url=endpoint, top=args.top, embed=args.embed)
+    study = _open(args)
+    out = Path(args.out or f"report-{args.study}")
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} is a file; give a folder for the report")
+    res = build_report(study.root, args.study, out, top=args.top, embed=args.embed)
     if res.headline:
         print(res.headline)
     for name, why in res.missing.items():
@@ -152,30 +189,65 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from orchestrator.store import compact
+    from orchestrator.store import compact, read_holder
 
-    root, endpoint = _root(args)
-    report = compact(root, args.study, endpoint_url=endpoint)
+    study = _open(args)
+    holder = read_holder(study.root, study.name)
+    if holder is not None:
+        # compact does not take the lease (it never changes a query's result);
+        # see the README's Guarantees for what a concurrent writer means here.
+        log.warning(
+            "study %s is being run by %s; compacting anyway: trials it writes meanwhile "
+            "stay as their own files until the next compact",
+            study.name,
+            holder.describe(time.time()),
+        )
+    report = compact(study.root, args.study)
     print(report)
     return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from orchestrator.store import export_vectors, open_study
+    from orchestrator.store import check_exportable, export_vectors
 
-    root, endpoint = _root(args)
-    ids = list(args.vector_ids)
+    study = _open(args)
+    ids = list(dict.fromkeys(args.vector_ids))
+    if not ids and not args.best:
+        raise BadInput("name vector ids, or --best N")
+    out = Path(args.out)
+    if args.format == "safetensors" and out.suffix != ".safetensors":
+        if out.exists() and not out.is_dir():
+            raise BadInput(f"--out {out} is a file; give a folder or a .safetensors file name")
+        out = out / f"{study.name}.safetensors"
+    elif args.format == "gguf" and out.suffix != ".gguf" and out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} is a file; give a folder or a .gguf file name")
+    problems = check_exportable(study, ids, args.format)
+    if problems:
+        listed = "; ".join(f"{i}: {why}" for i, why in problems.items())
+        raise BadInput(f"cannot export from study {study.name!r}: {listed}")
     if args.best:
-        frame = open_study(root, args.study, endpoint_url=endpoint).joined_frame()
+        frame = study.joined_frame()
         frame = frame[frame["trial_state"] == "COMPLETE"].sort_values(
             "transfer_success", ascending=False
         )
-        ids += list(frame["vector_id"].head(args.best))
-    if not ids:
-        raise BadInput("name vector ids, or --best N")
-    paths = export_vectors(
-        root, args.study, ids, args.out, format=args.format, endpoint_url=endpoint
-    )
+        ranked = [i for i in frame["vector_id"] if i not in ids]
+        skipped = check_exportable(study, ranked, args.format)
+        best: list[str] = []
+        for vid in ranked:
+            if len(best) == args.best:
+                break
+            if vid in skipped:
+                print(f"skipped {vid}: {skipped[vid]}", file=sys.stderr)
+            else:
+                best.append(vid)
+        if not best and not ids:
+            raise BadInput(
+                f"study {study.name!r} has no complete vector that can be exported as {args.format}"
+            )
+        ids += best
+    if args.format == "gguf" and out.suffix == ".gguf" and len(ids) != 1:
+        raise BadInput(f"--out {out} takes one vector; give a folder for {len(ids)} vectors")
+    paths = export_vectors(study.root, study.name, ids, out, format=args.format)
     for p in paths:
         print(p)
     return EXIT_OK
@@ -189,6 +261,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     env = {"pip": args.pip} if args.pip else {}
     entry = ["steer-sweep", "run", args.config, *args.overrides]
     entry += ["--extend"] * args.extend + ["--force-config"] * args.force_config
+    entry += ["--force-lease"] * args.force_lease
     cmd = [
         "ray",
         "job",

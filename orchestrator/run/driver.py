@@ -16,7 +16,6 @@ TPE rebuilds its model from every trial) happens after that.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
 import math
 import time
@@ -25,18 +24,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from orchestrator.run.committer import Committer, TrialRows
 from orchestrator.run.expand import build_assignment
 from orchestrator.run.ledger import Ledger, TrialWork
 from orchestrator.run.pools import Pool, WorkerLost
 from orchestrator.run.preflight import Plan
 from orchestrator.run.surprisal import Scoring, needs_scores
 from orchestrator.store import (
-    StoreWriteError,
     StoreWriter,
     Study,
+    StudyLease,
     TransferRecord,
     TrialRecord,
     VectorRecord,
@@ -64,20 +66,21 @@ class RunSummary:
     best: list[dict[str, Any]] = field(default_factory=list)
     # ask/tell latency: mean and mean of the last 100, in milliseconds
     latency_ms: dict[str, float] = field(default_factory=dict)
+    # After the run, from the store: trials it held at the start or was told
+    # to hold that it does not have (never counted), and those put back.
+    lost: list[int] = field(default_factory=list)
+    rewritten: list[int] = field(default_factory=list)
+    stored: int = 0  # trials in the store at the end
+    stored_numbers: set[int] = field(default_factory=set)
+
+    @property
+    def complete(self) -> bool:
+        """Every trial of the study is in the store."""
+        return not self.lost and self.stored >= self.n_trials
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-@dataclass
-class _TrialRows:
-    """A finished trial's rows, as they go to the store."""
-
-    work: TrialWork
-    record: TrialRecord
-    vectors: list[VectorRecord]
-    transfer: list[TransferRecord]
 
 
 class Driver:
@@ -91,6 +94,7 @@ class Driver:
         *,
         progress: Callable[[RunSummary, int], None] | None = None,
         scoring: Scoring | None = None,
+        lease: StudyLease | None = None,
     ) -> None:
         cfg = plan.config
         self.plan, self.cfg, self.pool, self.writer = plan, cfg, pool, writer
@@ -103,8 +107,8 @@ class Driver:
         self.progress = progress
         # Store writes run on a few threads so the loop keeps feeding workers;
         # Optuna is only told (on this thread) once a trial's write is done.
-        self.writer_threads = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-write")
-        self.writes: dict[cf.Future, _TrialRows] = {}
+        self.committer = Committer(writer, give_up_after_s=cfg.store.give_up_after_s)
+        self.lease = lease
         per_trial = cfg.vectors_per_trial
         n_workers = max(1, getattr(pool, "size", len(pool.keys)))  # all asked for, ready or not
         slots = n_workers * cfg.model.max_batch_jobs
@@ -129,7 +133,7 @@ class Driver:
         try:
             return self._run()
         finally:
-            self.writer_threads.shutdown(wait=True)
+            self.committer.close()
 
     def _run(self) -> RunSummary:
         cfg = self.cfg
@@ -152,9 +156,12 @@ class Driver:
             )
         timing = {"ask": 0.0, "tell": 0.0, "write": 0.0, "wait": 0.0}
         timing |= {"optimize": 0.0, "evaluate": 0.0}
+        self.told: set[int] = set()  # store numbers of the trials told this run
         self.ask_s: list[float] = []  # seconds per ask, in ask order
         self.tell_s: list[float] = []  # seconds per tell, in tell order
-        while to_ask or self.ledger.trials or self.writes:
+        while to_ask or self.ledger.trials or self.committer.pending:
+            if self.lease is not None and self.lease.lost:
+                raise self.lease.lost_error()
             # One pass: results first, so a finished worker gets its next
             # batch (from the spare trials in flight) before the driver spends
             # time on anything else; then writes and tells; then at most one
@@ -162,7 +169,7 @@ class Driver:
             # Trials waiting for their store write count as in flight, so a
             # store slower than the workers cannot build an unbounded backlog
             # of finished, unsaved work that a killed driver would lose.
-            open_trials = len(self.ledger.trials) + len(self.writes)
+            open_trials = len(self.ledger.trials) + self.committer.pending
             want_ask = bool(to_ask) and open_trials < self.in_flight
             t0 = time.perf_counter()
             finished = self.pool.poll(timeout=self._poll_timeout(want_ask))
@@ -190,7 +197,7 @@ class Driver:
             if changed:
                 for work in self.ledger.ready():
                     self.ledger.pop(work.number)
-                    self._submit_write(self._records(work))
+                    self.committer.submit(self._records(work))
             self._flush(study, summary, timing, block=not to_ask and not self.ledger.trials)
             if want_ask:
                 t0 = time.perf_counter()
@@ -201,10 +208,24 @@ class Driver:
                 self.ask_s.append(elapsed)
                 to_ask -= 1
                 self._dispatch()
+        timing["write"] = self.committer.write_s
         summary.seconds = timing
         summary.latency_ms = _latency_ms({"ask": self.ask_s, "tell": self.tell_s})
-        summary.best = _best(study)
+        self._check_store(summary, done | self.told)
+        summary.best = _best(study, summary.stored_numbers)
         return summary
+
+    def _check_store(self, summary: RunSummary, expected: set[int]) -> None:
+        """The summary is read from the store, not from what was told: a trial
+        the store lost is rewritten from its kept rows, or reported lost."""
+        verified = self.committer.verify(expected)
+        summary.rewritten, summary.lost = verified.rewritten, verified.lost
+        stored = verified.trials
+        summary.stored = len(stored)
+        summary.stored_numbers = {t.number for t in stored}
+        summary.states = {}
+        for t in stored:
+            summary.states[t.state] = summary.states.get(t.state, 0) + 1
 
     def _poll_timeout(self, want_ask: bool) -> float:
         """How long the pass may block on the workers: not at all while there
@@ -212,7 +233,7 @@ class Driver:
         not wait for the next batch to finish); else until a batch finishes."""
         if want_ask:
             return 0.0
-        if self.writes or (self.scoring is not None and self.scoring.busy):
+        if self.committer.pending or (self.scoring is not None and self.scoring.busy):
             return 0.02
         return 0.5
 
@@ -265,7 +286,7 @@ class Driver:
         norms = {o.vector_id: o.result.final_norm for o in outcomes if o.result is not None}
         return [trial_value(rows, obj, norms) for obj in self.objectives]
 
-    def _records(self, work: TrialWork) -> _TrialRows:
+    def _records(self, work: TrialWork) -> TrialRows:
         outcomes = work.ordered_outcomes()
         errors = sorted({o.error for o in outcomes if o.error})
         values: list[float] | None = None
@@ -322,42 +343,15 @@ class Driver:
                 )
                 for r in o.rows
             ]
-        return _TrialRows(work, record, vectors, transfer)
-
-    def _submit_write(self, item: _TrialRows, delay: float = 0.0) -> None:
-        fut = self.writer_threads.submit(
-            self._write, item.record, item.vectors, item.transfer, delay
-        )
-        self.writes[fut] = item
-
-    def _write(self, record: TrialRecord, vectors: list, transfer: list, delay: float) -> float:
-        if delay:
-            time.sleep(delay)  # a retry after a failed write; waits here, not in the loop
-        t0 = time.perf_counter()
-        self.writer.write_trial(record, vectors, transfer)
-        return time.perf_counter() - t0
+        return TrialRows(work, record, vectors, transfer)
 
     def _flush(
         self, study: optuna.Study, summary: RunSummary, timing: dict[str, float], block: bool
     ) -> None:
-        """Tell Optuna about trials whose write finished (``block``: wait a
-        little for one, when nothing else is left to do). A failed write keeps
-        the trial pending and is tried again: nothing is told unwritten."""
-        if not self.writes:
-            return
-        done = [f for f in self.writes if f.done()]
-        if not done and block:
-            cf.wait(list(self.writes), timeout=0.5, return_when=cf.FIRST_COMPLETED)
-            done = [f for f in self.writes if f.done()]
-        for fut in done:
-            item = self.writes.pop(fut)
-            work, record, vectors = item.work, item.record, item.vectors
-            try:
-                timing["write"] += fut.result()
-            except StoreWriteError as exc:
-                log.error("could not write trial %d yet (%s); will retry", record.number, exc)
-                self._submit_write(item, delay=1.0)
-                continue
+        """Tell Optuna about the trials whose write landed (``block``: wait a
+        little for one, when nothing else is left to do)."""
+        for item in self.committer.stored(block=block):
+            work, record = item.work, item.record
             t0 = time.perf_counter()
             if record.error:
                 work.handle.set_user_attr("error", record.error[:1000])
@@ -368,8 +362,9 @@ class Driver:
             elapsed = time.perf_counter() - t0
             timing["tell"] += elapsed
             self.tell_s.append(elapsed)
+            self.told.add(record.number)
             summary.told += 1
-            summary.vectors += len(vectors)
+            summary.vectors += len(item.vectors)
             summary.states[record.state] = summary.states.get(record.state, 0) + 1
             if self.progress:
                 self.progress(summary, record.number)
@@ -385,12 +380,35 @@ def _latency_ms(series: dict[str, list[float]]) -> dict[str, float]:
     return out
 
 
-def _best(study: optuna.Study) -> list[dict[str, Any]]:
-    try:
-        best = study.best_trials
-    except ValueError:
+def _best(study: optuna.Study, stored: set[int]) -> list[dict[str, Any]]:
+    """The best trials among those in the store (Optuna's own best may name a
+    trial the store lost)."""
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get(STORE_TRIAL) in stored
+    ]
+    if not trials:
         return []
+    signs = np.array([1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions])
+    values = np.array([t.values for t in trials], dtype=float) * signs  # larger is better
+    best = [t for t, keep in zip(trials, _front(values), strict=True) if keep]
     return [
         {"store_trial": t.user_attrs.get(STORE_TRIAL), "values": t.values, "params": t.params}
-        for t in best
+        for t in sorted(best, key=lambda t: t.number)
     ]
+
+
+def _front(values: np.ndarray) -> np.ndarray:
+    """Rows of ``values`` (n, k), larger is better, that no other row dominates;
+    with one objective, the rows at the maximum."""
+    if values.shape[1] == 1:
+        keep = np.zeros(len(values), dtype=bool)
+        keep[int(np.argmax(values[:, 0]))] = True  # the first best, as Optuna's best_trial
+        return keep
+    keep = np.ones(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        if keep[i]:
+            dominated = np.all(values <= v, axis=1) & np.any(values < v, axis=1)
+            keep &= ~dominated
+    return keep

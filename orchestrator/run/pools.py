@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -53,6 +55,15 @@ class LocalPool:
 
     def submit(self, key: int, assignments: list[Assignment]) -> None:
         self.futures[self.executor.submit(self.fn, key, assignments)] = key
+
+    def info(self, timeout: float = 0.0) -> list[dict[str, Any]]:
+        """The shape of :meth:`RayPool.info`, for workers in this process."""
+        host, pid = socket.gethostname(), os.getpid()
+        return [
+            {"label": f"local:{k}", "host": host, "pid": pid, "model": "in-process",
+             "device": "this process", "load_s": 0.0}
+            for k in self.keys
+        ]  # fmt: skip
 
     def poll(self, timeout: float) -> list[Finished]:
         if not self.futures:

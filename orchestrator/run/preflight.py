@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.store import StoreConfigError, StoreRoot, check_store, resolve_root
-from orchestrator.study.config import ModelConfig, SearchSpace, StudyConfig
-from orchestrator.study.params import parse_tokens
+from orchestrator.study.config import ModelConfig, SearchSpace, StudyConfig, token_spec
 from orchestrator.study.space import distributions, fixed_params, grid, resolve_layers
-from workers.evaluation.evaluate import EvalSpec
+from workers.evaluation.evaluate import EvalSpec, first_targets
 from workers.examples import Example
 from workers.models import Codec, ModelShape, ModelSpec, load_codec, peek_shape
 
@@ -91,9 +90,6 @@ def load_task(config: StudyConfig) -> tuple[list[Example], list[Example], Any]:
 def _check_space(config: StudyConfig, space: SearchSpace, train: list[Example]) -> None:
     try:
         dists = distributions(space)
-        tokens = space.tokens if isinstance(space.tokens, list) else [space.tokens]
-        for spec in tokens:
-            parse_tokens(spec)
     except ValueError as exc:
         raise PreflightError(f"search: {exc}") from None
     fixed = fixed_params(space)
@@ -142,6 +138,66 @@ def check_lengths(codec: Codec, examples: list[Example]) -> None:
                 )
 
 
+def check_positions(codec: Codec, space: SearchSpace, train: list[Example]) -> None:
+    """Explicit token positions (``search.tokens: positions:I,J``) fall inside
+    every training prompt, as the workers require."""
+    specs = space.tokens if isinstance(space.tokens, list) else [space.tokens]
+    for spec in specs:
+        mode, _, positions = token_spec(spec)
+        if mode != "positions":
+            continue
+        for ex in train:
+            n = len(codec.encode_prompt(ex.prompt))
+            outside = [p for p in positions if not -n <= p < n]
+            if outside:
+                raise PreflightError(
+                    f"search.tokens '{spec}': positions {outside} fall outside training example "
+                    f"'{ex.id}', whose prompt is {n} tokens (use -{n}..{n - 1}, negative from "
+                    "the end)"
+                )
+
+
+def measured_metrics(evaluation: EvalSpec) -> list[str]:
+    """The transfer metrics the workers will write for this study, by name."""
+    examples = list(evaluation.examples)
+    if evaluation.max_targets is not None:
+        examples = [first_targets(ex, evaluation.max_targets) for ex in examples]
+    out: dict[str, None] = {}
+    metrics = evaluation.metrics
+    if "target_logprob" in metrics:
+        for ex in examples:
+            out |= {f"target_logprob:promote:{i}": None for i in range(len(ex.promote))}
+            out |= {f"target_logprob:suppress:{i}": None for i in range(len(ex.suppress))}
+    if "choice_flip" in metrics and any(len(ex.choices) >= 2 for ex in examples):
+        out |= {"choice_flip:+": None, "choice_flip:-": None}
+    if "judge" in metrics:
+        if evaluation.judge_contains_any:
+            out["judge:contains_any"] = None
+        if evaluation.judge_lacks_all:
+            out["judge:lacks_all"] = None
+    if "side_effect_kl" in metrics and evaluation.neutral_prompts:
+        out["side_effect_kl"] = None
+    if "surprisal" in metrics:
+        out["surprisal"] = None
+    return list(out)
+
+
+def check_objectives(config: StudyConfig, measured: list[str]) -> None:
+    """Every objective reduces a metric the study measures (or the vector norm);
+    otherwise every trial would end FAIL with no objective value."""
+    for i, obj in enumerate(config.objectives):
+        if obj.metric == "norm":
+            continue
+        if not any(m == obj.metric or m.startswith(obj.metric + ":") for m in measured):
+            shown = ", ".join(measured) or "nothing"
+            raise PreflightError(
+                f"objectives[{i}].metric '{obj.metric}' is not measured by this study, which "
+                f"measures {shown} (evaluation.metrics {list(config.evaluation.metrics)} on "
+                "its held-out examples); name one of those, a family such as target_logprob, "
+                "or norm"
+            )
+
+
 def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
     """Validate a study against its model, data and store; see the module docstring."""
     spec = model_spec(config)
@@ -167,6 +223,7 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
     codec = load_codec(spec)
     if codec is not None:
         check_lengths(codec, train + transfer)
+        check_positions(codec, space, train)
     else:
         log.info("%s: prompt lengths are checked when the model loads", config.model.name)
     ev = config.evaluation
@@ -178,6 +235,7 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
         judge_lacks_all=tuple(getattr(task, "judge_lacks_all", ()) or ()),
         generation_tokens=ev.generation_tokens,
         log_base=ev.log_base,
+        coldness=ev.coldness,
         max_kl=ev.max_kl,
         batch_size=ev.batch_size,
         max_targets=ev.max_targets,
@@ -188,6 +246,7 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
         )
     if "judge" in ev.metrics and not (evaluation.judge_contains_any or evaluation.judge_lacks_all):
         raise PreflightError("evaluation.metrics has judge but the task defines no judge strings")
+    check_objectives(config, measured_metrics(evaluation))
     surprisal_spec = None
     if config.surprisal_model is not None:
         surprisal_spec = spec_of(config.surprisal_model)

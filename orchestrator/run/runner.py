@@ -8,18 +8,22 @@ import os
 import time
 from typing import Any
 
+from orchestrator.run.committer import store_unavailable
 from orchestrator.run.driver import Driver, RunSummary
 from orchestrator.run.pools import Pool, RayPool
-from orchestrator.run.preflight import Plan, prepare
+from orchestrator.run.preflight import Plan, PreflightError, prepare
 from orchestrator.run.surprisal import RayScorePool, ScorePool, Scoring
 from orchestrator.store import (
     ExampleRecord,
     StoreRoot,
+    StoreWriteError,
     StoreWriter,
     StudyConfigMismatch,
     StudyContext,
+    StudyLease,
     config_hash,
     load_study_config,
+    open_study,
     redact,
     save_study_config,
 )
@@ -58,6 +62,8 @@ def connect_ray(cfg: RayConfig) -> str:
 RESOURCE_KEYS: tuple[str, ...] = (
     "ray",
     "trials_in_flight",
+    "store.lease_stale_s",
+    "store.give_up_after_s",
     *(
         f"{section}.{key}"
         for section in ("model", "surprisal_model")
@@ -73,16 +79,37 @@ RESOURCE_KEYS: tuple[str, ...] = (
 )
 
 
+# Settings added after studies were first stored, with their defaults. A
+# stored config without one ran with that default, so while a setting has its
+# default it is left out of the comparison with a stored config and of the
+# study's identity hash: adding a setting changes no existing study.
+ADDED_SETTINGS: dict[str, Any] = {"evaluation.coldness": 0.7}
+
+
+def _drop(config: dict[str, Any], dotted: str, only_if: Any = None) -> None:
+    """Remove ``dotted`` from ``config`` (if its value is ``only_if``, when given)."""
+    *parents, last = dotted.split(".")
+    node: Any = config
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and last in node:
+        if only_if is None or node[last] == only_if:
+            node.pop(last)
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy without the added settings that are at their defaults."""
+    out: dict[str, Any] = json.loads(json.dumps(config))
+    for dotted, default in ADDED_SETTINGS.items():
+        _drop(out, dotted, default)
+    return out
+
+
 def identity_hash(config: dict[str, Any]) -> str:
     """The hash of a (redacted) config without its resource keys: the study's identity."""
-    trimmed = json.loads(json.dumps(config))
+    trimmed = _comparable(config)
     for dotted in RESOURCE_KEYS:
-        *parents, last = dotted.split(".")
-        node = trimmed
-        for part in parents:
-            node = node.get(part) or {}
-        if isinstance(node, dict):
-            node.pop(last, None)
+        _drop(trimmed, dotted)
     return config_hash(trimmed)
 
 
@@ -114,11 +141,15 @@ def store_config(
     if old is None or config_hash(old) == config_hash(new):
         save_study_config(root, config.name, new)
         return identity_hash(new)
-    changed = [key for key in _changes(old, new) if not key.startswith(RESOURCE_KEYS)]
+    changed = [
+        key
+        for key in _changes(_comparable(old), _comparable(new))
+        if not key.startswith(RESOURCE_KEYS)
+    ]
     if not changed:
-        # Only where and how it runs changed (actors, GPUs, the cluster):
-        # the same study, resumed on other hardware.
-        log.info("study %s: resuming with other resources", config.name)
+        # Only where and how it runs changed (actors, GPUs, the cluster), or
+        # a setting this version added is at its default: the same study.
+        log.info("study %s: resuming (changed: %s)", config.name, ", ".join(_changes(old, new)))
         save_study_config(root, config.name, new, overwrite=True)
         return identity_hash(new)
     if force or (extend and changed == ["n_trials"] and new["n_trials"] > old["n_trials"]):
@@ -174,6 +205,23 @@ def _actors(m: ModelConfig, plan: Plan) -> dict[str, Any]:
     }
 
 
+def check_placement(config: StudyConfig) -> None:
+    """What Ray will be asked for matches the models' devices: a model on a GPU
+    needs actors that are given one.
+
+    Raises:
+        PreflightError: ``device`` names a GPU but ``gpus_per_actor`` is 0.
+    """
+    for section in ("model", "surprisal_model"):
+        m = getattr(config, section)
+        if m is not None and m.device.startswith("cuda") and m.gpus_per_actor == 0:
+            raise PreflightError(
+                f"{section}.device is {m.device!r} but {section}.gpus_per_actor is 0, so Ray "
+                "would give its actors no GPU; set gpus_per_actor (1, or a fraction such as "
+                "0.5 to share a GPU), or device: auto"
+            )
+
+
 def make_ray_pool(plan: Plan) -> RayPool:
     m = plan.config.model
     return RayPool(
@@ -207,6 +255,7 @@ def run_study(
     show_progress: bool = True,
     extend: bool = False,
     force_config: bool = False,
+    force_lease: bool = False,
 ) -> RunSummary:
     """Run (or resume) a study; see :mod:`orchestrator.run.driver`.
 
@@ -214,11 +263,46 @@ def run_study(
     connected and one ``SteeringWorker`` per ``model.num_actors`` is started,
     and with a ``surprisal_model`` a second pool of ``surprisal_model.num_actors``
     actors holding that model (``scorer`` replaces it).
-    ``extend`` / ``force_config``: see :func:`store_config`.
+    ``extend`` / ``force_config``: see :func:`store_config`. The run holds the
+    study's lease (:class:`~orchestrator.store.StudyLease`) from before its
+    first write to its end; ``force_lease`` takes it from another run.
+
+    Raises:
+        LeaseHeld: another run of the study holds its lease.
+        LeaseLost: another run took the lease while this one ran.
+        StoreUnavailable: the store refused writes for longer than
+            ``store.give_up_after_s``.
     """
     started = time.perf_counter()
+    if pool is None:
+        check_placement(config)
     plan = prepare(config)
-    store_config(config, plan.store, extend=extend, force=force_config)  # before any actor starts
+    lease = StudyLease(plan.store, config.name, stale_s=config.store.lease_stale_s)
+    lease.acquire(force=force_lease)  # before anything is written
+    try:
+        return _run(config, plan, lease, started, pool, scorer, show_progress, extend, force_config)
+    finally:
+        lease.release()
+
+
+def _run(
+    config: StudyConfig,
+    plan: Plan,
+    lease: StudyLease,
+    started: float,
+    pool: Pool | None,
+    scorer: ScorePool | None,
+    show_progress: bool,
+    extend: bool,
+    force_config: bool,
+) -> RunSummary:
+    try:
+        store_config(config, plan.store, extend=extend, force=force_config)  # before any actor
+    except StoreWriteError as exc:
+        raise store_unavailable(
+            plan.store.uri, f"refused writes before the first trial: {exc}", "nothing is lost"
+        ) from exc
+    lease.start_heartbeat()
     log.info("study %s: results go to %s", config.name, plan.store_uri)
     info: dict[str, Any] = {}
     started_pools: list[Any] = []  # what this call started, and so shuts down
@@ -248,7 +332,12 @@ def run_study(
         load_s = time.perf_counter() - started
         ctx = study_context(plan, info)
         writer = StoreWriter(plan.store, ctx)
-        writer.write_examples(examples_records(plan))
+        try:
+            writer.write_examples(examples_records(plan))
+        except StoreWriteError as exc:
+            raise store_unavailable(
+                plan.store.uri, f"refused writes before the first trial: {exc}", "nothing is lost"
+            ) from exc
         bar = _progress(config.n_trials) if show_progress else None
 
         def on_trial(summary: RunSummary, number: int) -> None:
@@ -265,16 +354,29 @@ def run_study(
                 scorer, max_items=(config.surprisal_model or config.model).max_batch_jobs
             )
         try:
-            summary = Driver(plan, pool, writer, progress=on_trial, scoring=scoring).run()
+            driver = Driver(plan, pool, writer, progress=on_trial, scoring=scoring, lease=lease)
+            summary = driver.run()
         finally:
             if bar is not None:
                 bar.close()
+        _restore_study_files(config, plan, writer)
     finally:
         for p in started_pools:
             p.shutdown()
     summary.seconds["setup_and_model_load"] = load_s
     summary.seconds["total"] = time.perf_counter() - started
     return summary
+
+
+def _restore_study_files(config: StudyConfig, plan: Plan, writer: StoreWriter) -> None:
+    """Put back the config copy and the examples table if the store lost them
+    during the run (a bucket emptied and recreated)."""
+    if load_study_config(plan.store, config.name) is None:
+        log.error("the store lost the study's config copy; writing it again")
+        save_study_config(plan.store, config.name, redact(config.model_dump(mode="json")))
+    if not open_study(plan.store, config.name).files("examples"):
+        log.error("the store lost the study's examples table; writing it again")
+        writer.write_examples(examples_records(plan))
 
 
 def _progress(total: int) -> Any:

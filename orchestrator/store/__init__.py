@@ -12,14 +12,22 @@ results are read by their attributes only), so the store opens anywhere.
 from orchestrator.store.check import CleanupReport, StoreCheck, check_store, cleanup
 from orchestrator.store.compact import CompactReport, compact
 from orchestrator.store.errors import (
+    NoSuchStudy,
     StoreConfigError,
     StoreError,
     StoreNameError,
     StoreWriteError,
     StudyConfigMismatch,
 )
-from orchestrator.store.export import export_vectors
-from orchestrator.store.reader import StoredTrial, Study, open_study
+from orchestrator.store.export import check_exportable, export_vectors
+from orchestrator.store.lease import Holder, LeaseHeld, LeaseLost, StudyLease, read_holder
+from orchestrator.store.reader import (
+    StoredTrial,
+    Study,
+    list_studies,
+    open_existing_study,
+    open_study,
+)
 from orchestrator.store.records import (
     ExampleRecord,
     StudyContext,
@@ -53,6 +61,10 @@ __all__ = [
     "CleanupReport",
     "CompactReport",
     "ExampleRecord",
+    "Holder",
+    "LeaseHeld",
+    "LeaseLost",
+    "NoSuchStudy",
     "RetryPolicy",
     "StoreCheck",
     "StoreConfigError",
@@ -65,18 +77,23 @@ __all__ = [
     "Study",
     "StudyConfigMismatch",
     "StudyContext",
+    "StudyLease",
     "TransferRecord",
     "TrialRecord",
     "VectorRecord",
     "WriteReport",
+    "check_exportable",
     "check_store",
     "cleanup",
     "code_version",
     "compact",
     "config_hash",
     "export_vectors",
+    "list_studies",
     "load_study_config",
+    "open_existing_study",
     "open_study",
+    "read_holder",
     "redact",
     "resolve_root",
     "save_study_config",

@@ -25,7 +25,18 @@ class StoreNameError(StoreConfigError, ValueError):
 class StoreWriteError(StoreError):
     """A write failed for good (a permanent error, or transient errors that
     outlasted the retry policy). The caller should keep the trial pending: no
-    partial trial is ever visible, so rewriting it later is safe."""
+    partial trial is ever visible, so rewriting it later is safe.
+
+    ``permanent`` is true when no retry can fix it by itself (a missing bucket,
+    access denied, bad credentials): someone has to change the store."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class NoSuchStudy(StoreError):
+    """A read command named a study the root does not hold."""
 
 
 class StudyConfigMismatch(StoreError):

@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from orchestrator.store import schemas as S
-from orchestrator.store.reader import fixed_list_to_numpy, open_study
+from orchestrator.store.reader import Study, fixed_list_to_numpy, open_study
 from orchestrator.store.roots import StoreRoot
 
 PROJECT_TO_LLAMACPP_LAYER = -1
@@ -107,6 +107,14 @@ def export_vectors(
     for row, vec in zip(rows, mat, strict=True):
         by_id.setdefault(row["vector_id"], (row, vec))
     chosen = [by_id[i] for i in ids]
+    if format == "gguf":
+        bad = {
+            row["vector_id"]: why
+            for row, _ in chosen
+            if (why := gguf_problem(row, gguf_layer_offset))
+        }
+        if bad:
+            raise ValueError("; ".join(f"vector {vid}: {why}" for vid, why in bad.items()))
     out_path = Path(out)
     if format == "safetensors":
         _write_safetensors(out_path, study, chosen)
@@ -141,23 +149,52 @@ def _write_safetensors(
     _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def _write_gguf(path: Path, row: dict[str, Any], vec: np.ndarray, hint: str, offset: int) -> None:
-    import gguf
-
+def gguf_problem(row: dict[str, Any], offset: int = PROJECT_TO_LLAMACPP_LAYER) -> str | None:
+    """Why the vector of ``row`` (a ``vectors`` row) cannot be a llama.cpp
+    control vector, or None when it can."""
     if row["intervention"] != "add":
-        raise ValueError(
-            f"vector {row['vector_id']} uses the {row['intervention']!r} intervention; llama.cpp "
-            "control vectors are additive, so only 'add' vectors export to GGUF"
+        return (
+            f"it uses the {row['intervention']!r} intervention; llama.cpp control vectors are "
+            "additive, so only 'add' vectors export to GGUF"
         )
-    slots = []
     for layer in row["layers"]:
         il = int(layer) + offset
         if il < 1:
-            raise ValueError(
-                f"vector {row['vector_id']} is at layer {layer}, which maps to llama.cpp "
-                f"direction.{il}; llama.cpp control vectors start at direction.1"
+            return (
+                f"it is at layer {layer}, which maps to llama.cpp direction.{il}; llama.cpp "
+                "control vectors start at direction.1"
             )
-        slots.append(il)
+    return None
+
+
+def check_exportable(
+    study: Study, vector_ids: Sequence[str], format: str = "safetensors"
+) -> dict[str, str]:
+    """The ids among ``vector_ids`` that cannot be exported in ``format``, with why
+    (not in the study; for GGUF, not additive or at a layer llama.cpp lacks)."""
+    ids = list(dict.fromkeys(vector_ids))
+    if not ids:
+        return {}
+    table = study.vectors.to_table(
+        columns=["vector_id", "intervention", "layers"], filter=pc.field("vector_id").isin(ids)
+    )
+    rows = {r["vector_id"]: r for r in table.to_pylist()}
+    out = {}
+    for vid in ids:
+        if vid not in rows:
+            out[vid] = f"study {study.name!r} has no vector with this id"
+        elif format == "gguf" and (why := gguf_problem(rows[vid])) is not None:
+            out[vid] = why
+    return out
+
+
+def _write_gguf(path: Path, row: dict[str, Any], vec: np.ndarray, hint: str, offset: int) -> None:
+    import gguf
+
+    why = gguf_problem(row, offset)
+    if why is not None:
+        raise ValueError(f"vector {row['vector_id']}: {why}")
+    slots = [int(layer) + offset for layer in row["layers"]]
 
     def write(tmp: Path) -> None:
         w = gguf.GGUFWriter(str(tmp), "controlvector")

@@ -21,8 +21,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from orchestrator.store import schemas as S
-from orchestrator.store.errors import StoreError
-from orchestrator.store.roots import StoreRoot, list_objects, resolve_root
+from orchestrator.store.errors import NoSuchStudy, StoreError
+from orchestrator.store.roots import StoreRoot, exists, list_folders, list_objects, resolve_root
 from orchestrator.store.study_config import load_study_config
 
 if TYPE_CHECKING:
@@ -238,6 +238,42 @@ def open_study(
 ) -> Study:
     """Open ``study`` under ``root`` (``file://``, a path, or ``s3://bucket/prefix``)."""
     return Study(resolve_root(root, endpoint_url=endpoint_url), study)
+
+
+def list_studies(
+    root: str | os.PathLike[str] | StoreRoot, *, endpoint_url: str | None = None
+) -> list[str]:
+    """The names of the studies under ``root``: those with a stored config or
+    any table file."""
+    r = resolve_root(root, endpoint_url=endpoint_url)
+    names = set(list_folders(r, "_studies"))
+    for table in S.TABLES:
+        names |= {f[len("study=") :] for f in list_folders(r, table) if f.startswith("study=")}
+    return sorted(names)
+
+
+def open_existing_study(
+    root: str | os.PathLike[str] | StoreRoot, study: str, *, endpoint_url: str | None = None
+) -> Study:
+    """:func:`open_study`, for a study that must already be in the store.
+
+    Raises:
+        NoSuchStudy: the root holds nothing of ``study``; the message lists
+            the studies it does hold.
+    """
+    st = open_study(root, study, endpoint_url=endpoint_url)
+    if exists(st.root, S.config_key(st.name)) or any(st.files(t) for t in S.TABLES):
+        return st
+    others = list_studies(st.root)
+    where = f"no study {study!r} under {st.root.uri}"
+    if others:
+        shown = ", ".join(others[:20]) + (
+            f" (+{len(others) - 20} more)" if len(others) > 20 else ""
+        )
+        raise NoSuchStudy(f"{where}; the studies there are: {shown}")
+    if not st.root.is_s3 and not os.path.isdir(st.root.path("")):
+        raise NoSuchStudy(f"{where}: that folder does not exist; check --root")
+    raise NoSuchStudy(f"{where}; it holds no studies at all; check --root")
 
 
 def fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:

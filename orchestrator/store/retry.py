@@ -124,7 +124,8 @@ def with_retries(
             if not is_transient(exc):
                 raise StoreWriteError(
                     f"{what} failed with a permanent error after {attempt} attempt(s): "
-                    f"{_short(exc)}"
+                    f"{_short(exc)}",
+                    permanent=True,
                 ) from exc
             if attempt == policy.max_attempts:
                 raise StoreWriteError(

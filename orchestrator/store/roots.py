@@ -262,6 +262,24 @@ def list_objects(
     return sorted(out, key=lambda o: o.key)
 
 
+def list_folders(root: StoreRoot, folder: str) -> list[str]:
+    """Names of the folders directly inside ``folder`` (relative to the root), sorted."""
+    folder = folder.strip("/")
+    names: set[str] = set()
+    if root.is_s3:
+        pager = root._client.get_paginator("list_objects_v2")
+        full = root.s3_key(f"{folder}/")
+        for page in pager.paginate(Bucket=root.bucket, Prefix=full, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                names.add(common["Prefix"][len(full) :].strip("/"))
+    else:
+        try:
+            names = {e.name for e in os.scandir(root.path(folder)) if e.is_dir()}
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    return sorted(n for n in names if n)
+
+
 def delete_objects(root: StoreRoot, keys: list[str]) -> None:
     """Delete ``keys`` (relative to the root); missing keys are fine."""
     if not keys:

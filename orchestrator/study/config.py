@@ -27,13 +27,14 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: a .inf or .nan in a study file is a typo, never a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class IntRange(_Strict):
     low: int
     high: int
-    step: int = 1
+    step: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> IntRange:
@@ -60,12 +61,34 @@ IntParam = int | list[int] | IntRange
 FloatParam = float | list[float] | FloatRange
 LossKind = Literal["promote", "suppress", "mixed", "reentrant"]
 InterventionKind = Literal["add", "clamp"]  # affine is for workers.engine.reentrant only
+# The names workers.models.spec.DTYPES knows, and "auto" (bf16 on a GPU, fp32 on a CPU).
+Dtype = Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"]
+DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+|mps)$"
+
+_TOKENS_HELP = "use all, prompt, last_k:K (K >= 1) or positions:I,J (integers)"
+
+
+def token_spec(spec: str) -> tuple[str, int, tuple[int, ...]]:
+    """``(mode, k, positions)`` of a token selection: ``all``, ``prompt``,
+    ``last_k:20`` or ``positions:0,-1``. Raises ``ValueError`` for anything
+    else, including a selection that selects nothing (``last_k:0``)."""
+    kind, _, arg = str(spec).partition(":")
+    if kind in ("all", "prompt") and not arg:
+        return kind, 0, ()
+    if kind == "last_k" and arg.isdigit() and int(arg) >= 1:
+        return kind, int(arg), ()
+    if kind == "positions" and arg:
+        try:
+            return kind, 0, tuple(int(p) for p in arg.split(","))
+        except ValueError:
+            pass
+    raise ValueError(f"token selection '{spec}': {_TOKENS_HELP}")
 
 
 class ModelConfig(_Strict):
-    name: str = "smollm2-135m-instruct"
-    dtype: str = "auto"
-    device: str = "auto"
+    name: str = Field("smollm2-135m-instruct", min_length=1)
+    dtype: Dtype = "auto"
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
     revision: str | None = None
     trust_remote_code: bool = False
     layers_path: str | None = None
@@ -108,14 +131,21 @@ class SearchSpace(_Strict):
     tokens: str | list[str] = "all"
     intervention: InterventionKind | list[InterventionKind] = "add"
     clamp_coef: FloatParam = 1.0
-    reentrant_layer: int = 1
-    reentrant_tokens: int = 10
+    reentrant_layer: int = Field(1, ge=0)
+    reentrant_tokens: int = Field(10, ge=1)
 
     @field_validator("*", mode="after")
     @classmethod
     def _not_empty(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
             raise ValueError("an empty list: give at least one value")
+        return value
+
+    @field_validator("tokens", mode="after")
+    @classmethod
+    def _selects_something(cls, value: Any) -> Any:
+        for spec in value if isinstance(value, list) else [value]:
+            token_spec(spec)
         return value
 
     @field_validator("norm", "lr", "max_iters", "init_norm", "coldness", mode="after")
@@ -145,6 +175,17 @@ class EvaluationConfig(_Strict):
     log_base: float = Field(10.0, gt=0)
     batch_size: int = Field(32, ge=1)
     max_targets: int | None = Field(None, ge=1)  # per held-out example; None: all
+    # The coldness of held-out scoring (paper App. A: 0.7). Fixed for the whole
+    # study, whatever coldness a trial trains with, so that the transfer values
+    # of different trials compare.
+    coldness: float = Field(0.7, gt=0)
+
+    @field_validator("log_base", mode="after")
+    @classmethod
+    def _not_one(cls, value: float) -> float:
+        if value == 1:
+            raise ValueError("log_base 1 has no logarithm; use 10 (hartleys), 2 (bits) or e")
+        return value
 
 
 class ObjectiveConfig(_Strict):
@@ -167,8 +208,15 @@ class PrunerConfig(_Strict):
 
 
 class StoreConfig(_Strict):
-    root: str = "results/store"
+    root: str = Field("results/store", min_length=1)
     endpoint_url: str | None = None
+    # A run holds the study's lease (one writer per study) and renews it every
+    # lease_stale_s / 6 seconds; a lease with no heartbeat for lease_stale_s is
+    # taken over by the next run.
+    lease_stale_s: float = Field(60.0, gt=0)
+    # How long a permanent store error (missing bucket, access denied, bad
+    # credentials) may last before the study stops; transient ones are waited out.
+    give_up_after_s: float = Field(120.0, gt=0)
 
 
 class RayConfig(_Strict):
@@ -237,22 +285,59 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override '{item}' is not of the form key.path=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = parse_yaml(raw) if raw else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from None
         _set_path(data, key.strip(), value)
     return data
 
 
+def _branch(part: Any) -> bool:
+    """A location part that names a member of a union (``float``,
+    ``list[float]``, ``function-after[_ordered(), FloatRange]``), not a key."""
+    return isinstance(part, str) and (
+        any(c in part for c in "[(") or part in ("float", "int", "str", "bool", "none")
+    )
+
+
+def _tag(err: Any) -> str:
+    return next((str(p) for p in err["loc"] if _branch(p)), "")
+
+
+def _pick(errors: list[Any]) -> str:
+    """Of the errors of one value against each member of a union, the member
+    the value was meant for: a list's, a mapping's, else the first."""
+    value = errors[0].get("input")
+    tags = list(dict.fromkeys(_tag(e) for e in errors))
+    scalars = ("float", "int", "str", "bool", "none")
+    for tag in tags:
+        if isinstance(value, list) and tag.startswith("list["):
+            return tag
+        if isinstance(value, dict) and tag and not tag.startswith("list[") and tag not in scalars:
+            return tag
+    return tags[0]
+
+
 def _describe(exc: ValidationError, source: str) -> str:
-    lines = []
+    """One line per wrong value; for a value that matches no member of a union
+    (a number, a list or a range), only the member it was meant to be."""
+    groups: dict[tuple, list[Any]] = {}
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"  {where}: unknown key")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {where}: {msg} (got {err.get('input')!r})")
+        loc = err["loc"]
+        cut = next((i for i, p in enumerate(loc) if _branch(p)), len(loc))
+        groups.setdefault(tuple(loc[:cut]), []).append(err)
+    lines = []
+    for errors in groups.values():
+        tag = _pick(errors)
+        for err in errors:
+            if _tag(err) != tag:
+                continue
+            where = ".".join(str(p) for p in err["loc"] if not _branch(p)) or "(top level)"
+            if err["type"] == "extra_forbidden":
+                lines.append(f"  {where}: unknown key")
+            else:
+                msg = err["msg"].removeprefix("Value error, ")
+                lines.append(f"  {where}: {msg} (got {err.get('input')!r})")
     return f"invalid study config {source}:\n" + "\n".join(lines)
 
 
@@ -263,6 +348,43 @@ def parse_config(data: Any, source: str = "<dict>") -> StudyConfig:
         return StudyConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error:
+    plain YAML keeps the last one, which silently drops the first section
+    (a second ``search:`` would replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key; the base class reports it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one mapping (lines {first} and {line}); "
+                    "YAML would keep only the second, so merge the two",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, name: str = "<string>") -> Any:
+    """``yaml.safe_load``, but duplicate keys raise ``yaml.YAMLError``;
+    ``name`` is the file errors name."""
+    loader = _UniqueKeyLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
@@ -280,7 +402,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> StudyCo
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text, str(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if data is None:

@@ -15,19 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from workers.jobs import InterventionKind, TokenSelection
+from orchestrator.study.config import token_spec
+from workers.jobs import InterventionKind, TokenMode, TokenSelection
 
 
 def parse_tokens(spec: str) -> TokenSelection:
-    """``all``, ``prompt``, ``last_k:20`` or ``positions:0,-1``."""
-    kind, _, arg = spec.partition(":")
-    if kind in ("all", "prompt") and not arg:
-        return TokenSelection(kind)  # type: ignore[arg-type]
-    if kind == "last_k" and arg.isdigit():
-        return TokenSelection("last_k", k=int(arg))
-    if kind == "positions" and arg:
-        return TokenSelection("positions", positions=tuple(int(p) for p in arg.split(",")))
-    raise ValueError(f"token selection '{spec}': use all, prompt, last_k:K or positions:I,J")
+    """``all``, ``prompt``, ``last_k:20`` or ``positions:0,-1`` (the grammar of
+    :func:`orchestrator.study.config.token_spec`)."""
+    mode, k, positions = token_spec(spec)
+    return TokenSelection(cast(TokenMode, mode), k=k, positions=positions)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_checks import assert_one_paragraph
 from store.factories import free_port, make_bucket, set_fake_aws_env
 
 from orchestrator.cli import main
@@ -55,14 +56,6 @@ def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
     out, err = capsys.readouterr()
     assert out == "", out  # no results, no progress
     return code, err
-
-
-def assert_one_paragraph(err: str, *needles: str) -> None:
-    assert err.startswith("error: "), err
-    assert "Traceback" not in err and 'File "' not in err, err
-    assert "\n\n" not in err.strip(), f"more than one paragraph:\n{err}"
-    for needle in needles:
-        assert needle in err, f"{needle!r} not in:\n{err}"
 
 
 def truncated_gguf(tmp: Path) -> str:
@@ -163,6 +156,41 @@ CASES: list[tuple[str, Any, list[str], list[str]]] = [
         ["model.name: could not read GGUF metadata", "cut.gguf"],
     ),
     ("study name escaping the root", {"name": "../outside"}, [], ["name:", "'../outside'"]),
+    # Values that used to pass the checks and fail only at run time (issue 19).
+    ("infinite lr", {}, ["search.lr=.inf"], ["search.lr", "finite number"]),
+    ("nan norm in a list", {}, ["search.norm=[4.0, .nan]"], ["search.norm", "finite number"]),
+    ("infinite max_kl", {}, ["evaluation.max_kl=.inf"], ["evaluation.max_kl", "finite number"]),
+    ("last_k that selects nothing", {}, ["search.tokens=last_k:0"], ["'last_k:0'", "K >= 1"]),
+    ("positions that are not numbers", {}, ["search.tokens=positions:a"], ["'positions:a'"]),
+    ("an unknown dtype", {}, ["model.dtype=float8"], ["model.dtype", "float8", "bfloat16"]),
+    ("an unknown device", {}, ["model.device=gpu0"], ["model.device", "gpu0"]),
+    (
+        "a GPU device with no GPU for the actors",
+        {},
+        ["model.device=cuda"],
+        ["model.device is 'cuda'", "gpus_per_actor is 0"],
+    ),
+    ("log base 1", {}, ["evaluation.log_base=1"], ["evaluation.log_base", "no logarithm"]),
+    ("an int range with step 0", {}, ["search.layer={low: 0, high: 3, step: 0}"], ["step"]),
+    ("an empty model name", {}, ["model.name="], ["model.name"]),
+    (
+        "positions outside a training prompt",
+        {},
+        ["search.tokens=positions:0,9999"],
+        ["search.tokens 'positions:0,9999'", "[9999] fall outside training example"],
+    ),
+    (
+        "an objective on a metric the study does not measure",
+        {},
+        ["objectives=[{metric: judge}]"],
+        ["objectives[0].metric 'judge' is not measured", "target_logprob:promote:0"],
+    ),
+    (
+        "metrics that leave the objective nothing",
+        {},
+        ["evaluation.metrics=[choice_flip]"],
+        ["objectives[0].metric 'target_logprob' is not measured", "measures nothing"],
+    ),
 ]
 
 
@@ -195,6 +223,28 @@ def test_malformed_yaml(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code, err = run_cli(capsys, str(tmp_path / "missing.yaml"))
     assert code == 2
     assert_one_paragraph(err, "study config not found", "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        # a second search: section would silently replace the first
+        ("search:\n  layer: [1, 2]\nsearch:\n  norm: 4.0\n", "search", "lines 6 and 8"),
+        ("search:\n  layer: [1, 2]\n  layer: 3\n", "layer", "lines 7 and 8"),
+    ],
+)
+def test_a_key_given_twice_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture, text: str, key: str, lines: str
+) -> None:
+    store = tmp_path / "store"
+    head = "name: dup\nn_trials: 2\nmodel: {name: tiny-random-llama}\n"
+    head += f"task: {{builtin: refusal}}\nstore: {{root: {store}}}\n"
+    path = tmp_path / "study.yaml"
+    path.write_text(head + text)
+    code, err = run_cli(capsys, str(path))
+    assert code == 2, err
+    assert_one_paragraph(err, f"key '{key}' appears twice", lines)
+    assert not store.exists()
 
 
 def test_a_bad_override_names_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -245,6 +295,45 @@ def test_bad_credentials(
         moto_auth(False)
     assert code == 2
     assert_one_paragraph(err, "store.root:", "access key was not recognised")
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+def test_read_only_credentials_are_caught_by_the_write_probe(
+    tmp_path: Path, capsys, monkeypatch, moto_endpoint: str, moto_auth
+) -> None:
+    """A user who may list and read the bucket but not write to it gets past the
+    list call; the probe write before the study catches it."""
+    import boto3
+
+    set_fake_aws_env(monkeypatch, moto_endpoint, tmp_path)
+    client, bucket = make_bucket(moto_endpoint)
+    iam = boto3.client("iam", endpoint_url=moto_endpoint, region_name="us-east-1")
+    iam.create_user(UserName="reader")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{bucket}"},
+            {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": f"arn:aws:s3:::{bucket}/*"},
+        ],
+    }
+    iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    path = study_yaml(tmp_path, f"s3://{bucket}/sweeps")
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    moto_auth(True)
+    try:
+        listed = (
+            boto3.session.Session().client("s3").list_objects_v2(Bucket=bucket, Prefix="sweeps/")
+        )
+        assert listed["ResponseMetadata"]["HTTPStatusCode"] == 200, "the user may list"
+        code, err = run_cli(capsys, str(path))
+    finally:
+        moto_auth(False)
+    assert code == 2
+    assert_one_paragraph(err, "store.root:", "readable but a test write failed", "denied")
+    assert key["SecretAccessKey"] not in err
     assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
 
 

@@ -33,7 +33,6 @@ from sweep_helpers import (
     wait_for_trials,
 )
 
-from orchestrator.run.runner import run_study
 from orchestrator.store import open_study
 from orchestrator.study.config import parse_config
 
@@ -139,21 +138,3 @@ def test_a_10_s_s3_outage_mid_study_loses_nothing(
         assert_no_credentials(blobs + [caplog.text] + ray_log_bytes(ray_cluster))
     finally:
         servers[-1].stop()
-
-
-def test_a_job_that_always_fails_fails_only_its_trial(ray_cluster, tmp_path) -> None:
-    """The grid's last point selects token positions beyond every prompt: the
-    worker raises on that trial's jobs every time (no monkeypatching), the
-    trial is stored as FAIL with the reason, and the other trials complete."""
-    root = str(tmp_path / "store")
-    tokens = ["all", "prompt", "last_k:2", "positions:0,9999"]
-    data = study_dict(root, "failjob", 4, sampler={"name": "grid"})
-    data["search"].update(layer=1, norm=4.0, tokens=tokens)
-    summary = run_study(parse_config(data), show_progress=False)
-    assert summary.states == {"COMPLETE": 3, "FAIL": 1}
-    result = audit(root, "failjob", 4, 2, states={"COMPLETE": 3, "FAIL": 1}, norm_bounded=True)
-    [failed] = [t for t in result["trials"] if t.state == "FAIL"]
-    assert failed.params["tokens"] == "positions:0,9999"
-    assert failed.error and "token positions [0, 9999] fall outside" in failed.error
-    assert failed.values is None
-    assert not [v for v in result["vectors"] if v["trial"] == failed.number]

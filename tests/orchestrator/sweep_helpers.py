@@ -191,15 +191,16 @@ class StudyThread(threading.Thread):
     """``run_study`` on a thread of the test process, so a test can break
     things (actors, the store, the cluster) while the study runs."""
 
-    def __init__(self, cfg: StudyConfig) -> None:
+    def __init__(self, cfg: StudyConfig, **kwargs: Any) -> None:
         super().__init__(daemon=True)
         self.cfg = cfg
+        self.kwargs = kwargs  # more arguments of run_study (a pool, force_lease)
         self.summary: RunSummary | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.summary = run_study(self.cfg, show_progress=False)
+            self.summary = run_study(self.cfg, show_progress=False, **self.kwargs)
         except BaseException as exc:  # noqa: BLE001 - raised again by result()
             self.error = exc
 
@@ -210,6 +211,16 @@ class StudyThread(threading.Thread):
             raise self.error
         assert self.summary is not None
         return self.summary
+
+
+def use_local_pool(monkeypatch: Any, make_pool: Any) -> None:
+    """Make ``steer-sweep run`` (in this process) use ``make_pool(plan)``
+    instead of starting Ray and its actors: the rest of the command, checks,
+    store and driver included, runs as it does for a user."""
+    import orchestrator.run.runner as runner
+
+    monkeypatch.setattr(runner, "connect_ray", lambda cfg: "none: in-process workers (test)")
+    monkeypatch.setattr(runner, "make_ray_pool", make_pool)
 
 
 def run_driver(config_path: Any, *args: str) -> subprocess.Popen:

@@ -106,3 +106,30 @@ def test_the_cli_exits_2_without_a_traceback_and_writes_nothing(tmp_path) -> Non
         timeout=120,
     )
     assert proc.returncode == 2 and "saerch: unknown key" in proc.stderr
+
+
+def test_evaluation_coldness_is_a_setting_that_reaches_the_workers(tmp_path) -> None:
+    root = str(tmp_path / "store")
+    assert prepare(tiny_config(root)).evaluation.coldness == 0.7  # the paper's, by default
+    plan = prepare(tiny_config(root, evaluation={"coldness": 0.5}))
+    assert plan.evaluation.coldness == 0.5
+    with pytest.raises(ConfigError, match="evaluation.coldness"):
+        tiny_config(root, evaluation={"coldness": 0})
+
+
+def test_a_stored_config_from_before_a_setting_existed_still_resumes(tmp_path) -> None:
+    """A setting added later (evaluation.coldness) at its default changes
+    neither the comparison with a stored config nor the study's identity."""
+    from orchestrator.run.runner import identity_hash, store_config
+    from orchestrator.store import load_study_config, redact, resolve_root, save_study_config
+
+    cfg = tiny_config(str(tmp_path / "store"))
+    root = resolve_root(cfg.store.root)
+    new = redact(cfg.model_dump(mode="json"))
+    old = {**new, "evaluation": {k: v for k, v in new["evaluation"].items() if k != "coldness"}}
+    save_study_config(root, cfg.name, old)
+    assert store_config(cfg, root) == identity_hash(old) == identity_hash(new)
+    assert load_study_config(root, cfg.name) == new  # now with the setting spelled out
+    changed = tiny_config(str(tmp_path / "store"), evaluation={"coldness": 0.5})
+    with pytest.raises(Exception, match="evaluation.coldness"):
+        store_config(changed, root)

@@ -18,7 +18,13 @@ import logging
 from pathlib import Path
 
 import pytest
-from store.factories import assert_no_credentials, bucket_bytes, make_bucket, set_fake_aws_env
+from store.factories import (
+    FAKE_SECRET,
+    assert_no_credentials,
+    bucket_bytes,
+    make_bucket,
+    set_fake_aws_env,
+)
 from sweep_helpers import FakeWorker, audit, tiny_config
 
 from orchestrator.cli import main
@@ -125,6 +131,46 @@ def test_env_credentials_reach_no_stored_byte_and_no_log(
     assert len(blobs) >= 3 * 3 + 2  # trials, vectors, transfer; examples, config
     blobs += bucket_bytes(client, bucket)  # and after compaction
     assert_no_credentials(blobs + [caplog.text, capsys.readouterr().out])
+
+
+@pytest.mark.parametrize("where", ["transfer metric", "example prompt", "trial param"])
+def test_the_credential_check_finds_a_secret_inside_a_compressed_column(
+    tmp_path: Path, where: str
+) -> None:
+    """The check must be able to fail: a secret planted in a column of a
+    zstd-compressed Parquet file is found. Among many other prompts (zstd then
+    Huffman-codes the dictionary page) and between its column's smallest and
+    largest value (the footer's statistics hold those in clear), it is not in
+    the file's raw bytes at all, so a search of those would miss it."""
+    from store.factories import make_context, make_examples, make_trial
+
+    from orchestrator.store import ExampleRecord, StoreWriter, TransferRecord
+    from workers.jobs import Target
+
+    ctx = make_context()
+    params = {"layer": 2, "note": FAKE_SECRET if where == "trial param" else "x"}
+    trial = make_trial(ctx, 0, params=params)
+    if where == "transfer metric":
+        t = trial.transfer[0]
+        trial.transfer[0] = TransferRecord(
+            t.vector_id, t.eval_example_id, f"h:{FAKE_SECRET}", t.steered, t.unsteered, t.success
+        )
+    examples = make_examples() + [
+        ExampleRecord(
+            f"q{i}", "train", f"Question {i}: the weather in town {7 * i}?", [Target("x")]
+        )
+        for i in range(200)
+    ]
+    if where == "example prompt":
+        examples.insert(100, ExampleRecord("leak", "train", f"Question 99: {FAKE_SECRET}", []))
+    writer = StoreWriter(str(tmp_path), ctx)
+    writer.write_examples(examples)
+    writer.write_trial(*trial.args())
+    blobs = [p.read_bytes() for p in tmp_path.rglob("*.parquet")]
+    if where == "example prompt":
+        assert not any(FAKE_SECRET.encode() in b for b in blobs), "hidden from a byte search"
+    with pytest.raises(AssertionError, match="leaked"):
+        assert_no_credentials(blobs)
 
 
 @pytest.mark.parametrize("name", ["../outside", "/etc", "a/../../b", "..", ".hidden", "a\\b"])

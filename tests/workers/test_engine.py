@@ -121,3 +121,30 @@ def test_other_errors_are_not_swallowed(tiny_llama) -> None:
     job: VectorJob = eight_jobs()[0]
     with pytest.raises(ValueError, match="not an out-of-memory"):
         optimize(tiny_llama, [job], fault=broken)
+
+
+def test_the_one_by_one_retry_keeps_its_engine_counters(tiny_llama) -> None:
+    """A batch that raises is retried job by job; the counters of those runs
+    are kept (they used to be dropped)."""
+    import dataclasses
+
+    from workers.engine.reentrant import ReentrantJob
+    from workers.evaluation.evaluate import EvalSpec
+    from workers.service.assignments import Assignment, run_assignments
+
+    job = eight_jobs()[0]
+    solo = EngineStats()
+    optimize(tiny_llama, [job], stats=solo)
+    # Stage one with two prompts passes encoding but makes the reentrant run raise.
+    bad = dataclasses.replace(job, job_id="bad", prompts=job.prompts * 2)
+    broken = ReentrantJob(bad, dataclasses.replace(job, job_id="bad2"))
+    stats = EngineStats()
+    out = run_assignments(
+        tiny_llama,
+        EvalSpec(metrics=()),
+        [Assignment("a", 0, "e", job), Assignment("b", 0, "e", bad, broken)],
+        stats=stats,
+    )
+    assert out[0].error is None and out[1].error and "exactly one prompt" in out[1].error
+    # once in the failed batch, once alone
+    assert stats.vector_steps == 2 * solo.vector_steps > 0

@@ -86,7 +86,7 @@ def _optimize_isolated(
         log.warning("a batch of %d failed (%s); retrying each job alone", len(assignments), exc)
         merged: dict[str, VectorResult | str] = {}
         for one in assignments:
-            merged.update(_optimize_isolated(lm, [one], max_batch_jobs))
+            merged.update(_optimize_isolated(lm, [one], max_batch_jobs, stats))
         return merged
 
 

@@ -1,0 +1,305 @@
+"""The commit path: finished trials to the store, off the driver's thread.
+
+The driver hands each finished trial's rows to :meth:`Committer.submit`; a few
+writer threads write them (``StoreWriter.write_trial``: vectors, transfer, the
+``trials`` row last); :meth:`Committer.stored` returns the trials whose write
+landed, and only those are told to Optuna. Nothing is told unstored.
+
+When the store fails (``StoreWriteError``, after the writer's own retries):
+
+- the trial waits, with every other failed trial, for one shared exponential
+  backoff (1 s doubling to ``max_delay_s``); each backoff is one log line,
+  whatever the number of trials waiting;
+- a *transient* error (connection refused, timeouts, 5xx) is waited out;
+- a *permanent* one (missing bucket, access denied, bad credentials) that
+  lasts ``give_up_after_s`` stops the study: :class:`StoreUnavailable`, a
+  paragraph naming the store, the error and the fix, and the trials not stored.
+
+The rows of stored trials are kept (up to ``retain_bytes``) so that
+:meth:`Committer.rewrite` can put back a trial the store lost after it was
+written (a bucket emptied and recreated); :meth:`Committer.verify` compares
+the store with what was told, at the end of a run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.store import (
+    StoredTrial,
+    StoreWriteError,
+    StoreWriter,
+    TransferRecord,
+    TrialRecord,
+    VectorRecord,
+    open_study,
+)
+
+log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(RuntimeError):
+    """The store refused writes for longer than the study waits; the message says why."""
+
+
+@dataclass
+class TrialRows:
+    """A finished trial's rows, as they go to the store; ``work`` is the
+    driver's own bookkeeping (its Optuna handle), carried along."""
+
+    work: Any
+    record: TrialRecord
+    vectors: list[VectorRecord]
+    transfer: list[TransferRecord]
+
+    @property
+    def number(self) -> int:
+        return self.record.number
+
+    def nbytes(self) -> int:
+        """Roughly what keeping these rows costs in memory."""
+        vec = sum(v.result.vector.nbytes for v in self.vectors)
+        return vec + 200 * len(self.transfer) + 1000
+
+
+@dataclass
+class Verified:
+    """The store at the end of a run: its trials, those put back, those lost."""
+
+    trials: list[StoredTrial]
+    rewritten: list[int]
+    lost: list[int]
+
+
+class _Backoff:
+    """One backoff for every write that failed during an outage."""
+
+    def __init__(self, base_s: float, max_s: float) -> None:
+        self.base_s, self.max_s = base_s, max_s
+        self.since: float | None = None  # when the outage began
+        self.permanent_since: float | None = None  # permanent errors without a break
+        self.failures = 0
+        self.next_try = 0.0
+        self.last_failure = -1.0
+        self.error = ""
+
+    def failed(self, exc: StoreWriteError, submitted: float, waiting: int, now: float) -> None:
+        """Record a failed write that was submitted at ``submitted``. A write sent
+        before the last failure was seen does not back off further (it failed
+        for the same reason, at the same time)."""
+        if self.since is None:
+            self.since = now
+        permanent = bool(getattr(exc, "permanent", False))
+        if not permanent:
+            self.permanent_since = None
+        elif self.permanent_since is None:
+            self.permanent_since = now
+        self.error = str(exc)
+        if submitted < self.last_failure:
+            return
+        self.failures += 1
+        self.last_failure = now
+        delay = min(self.max_s, self.base_s * 2 ** (self.failures - 1))
+        self.next_try = now + delay
+        log.error(
+            "store writes failing for %.0f s (%s error; %d finished trial(s) waiting); "
+            "next try in %.0f s: %s",
+            now - self.since,
+            "permanent" if permanent else "transient",
+            waiting,
+            delay,
+            self.error,
+        )
+
+    def recovered(self, now: float) -> None:
+        if self.since is not None:
+            log.warning("store writable again after %.0f s", now - self.since)
+        self.since = self.permanent_since = None
+        self.failures = 0
+        self.next_try = 0.0
+
+    @property
+    def failing(self) -> bool:
+        return self.since is not None
+
+
+class Committer:
+    """Writes finished trials; see the module docstring."""
+
+    def __init__(
+        self,
+        writer: StoreWriter,
+        *,
+        threads: int = 4,
+        give_up_after_s: float = 120.0,
+        retain_bytes: int = 256 * 2**20,
+        base_delay_s: float = 1.0,
+        max_delay_s: float = 60.0,
+    ) -> None:
+        self.writer = writer
+        self.pool = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store-write")
+        self.give_up_after_s = give_up_after_s
+        self.retain_bytes = retain_bytes
+        self.backoff = _Backoff(base_delay_s, max_delay_s)
+        self.writes: dict[cf.Future, tuple[TrialRows, float]] = {}
+        self.waiting: list[TrialRows] = []
+        self.retained: OrderedDict[int, TrialRows] = OrderedDict()
+        self._retained_bytes = 0
+        self.write_s = 0.0  # seconds spent in successful writes, summed over threads
+
+    # ------------------------------------------------------------ the loop
+
+    @property
+    def pending(self) -> int:
+        """Trials finished but not yet stored (being written, or waiting to retry)."""
+        return len(self.writes) + len(self.waiting)
+
+    def submit(self, rows: TrialRows) -> None:
+        if self.backoff.failing:
+            self.waiting.append(rows)  # the next try takes it along
+        else:
+            self._send(rows)
+
+    def stored(self, *, block: bool = False) -> list[TrialRows]:
+        """Trials whose write landed since the last call (``block``: wait a
+        little for one when nothing else is to be done).
+
+        Raises:
+            StoreUnavailable: a permanent store error lasted ``give_up_after_s``.
+        """
+        now = time.monotonic()
+        if self.waiting and now >= self.backoff.next_try and not self.writes:
+            waiting, self.waiting = self.waiting, []
+            for rows in waiting:
+                self._send(rows)
+        if not self.writes:
+            self._check_give_up(now)
+            if block and self.waiting:
+                time.sleep(min(0.5, max(0.0, self.backoff.next_try - now)))
+            return []
+        done = [f for f in self.writes if f.done()]
+        if not done and block:
+            cf.wait(list(self.writes), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            done = [f for f in self.writes if f.done()]
+        out = []
+        for fut in done:
+            rows, submitted = self.writes.pop(fut)
+            try:
+                self.write_s += fut.result()
+            except StoreWriteError as exc:
+                self.waiting.append(rows)
+                self.backoff.failed(exc, submitted, self.pending, time.monotonic())
+                continue
+            if self.backoff.failing:
+                self.backoff.recovered(time.monotonic())
+            self._retain(rows)
+            out.append(rows)
+        self._check_give_up(time.monotonic())
+        return out
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------ the end
+
+    def verify(self, expected: set[int]) -> Verified:
+        """Compare the store with ``expected`` (every trial number the run
+        started from or told); rewrite the missing ones whose rows are kept.
+
+        Lost trials are neither in the store nor kept; a rerun of the study
+        runs them again."""
+        trials = self.stored_trials()
+        missing = sorted(expected - {t.number for t in trials})
+        if not missing:
+            return Verified(trials, [], [])
+        log.error(
+            "the store lost %d trial(s) that were written: %s%s",
+            len(missing),
+            ", ".join(map(str, missing[:20])),
+            " ..." if len(missing) > 20 else "",
+        )
+        rewritten = []
+        for number in missing:
+            rows = self.retained.get(number)
+            if rows is None:
+                continue
+            try:
+                self.writer.write_trial(rows.record, rows.vectors, rows.transfer)
+            except StoreWriteError as exc:
+                log.error("could not rewrite trial %d: %s", number, exc)
+                continue
+            rewritten.append(number)
+        if rewritten:
+            log.warning("rewrote %d lost trial(s) from their kept rows", len(rewritten))
+        trials = self.stored_trials()
+        lost = sorted(expected - {t.number for t in trials})
+        return Verified(trials, rewritten, lost)
+
+    def stored_trials(self) -> list[StoredTrial]:
+        """The study's trials as the store has them now; a read that fails is
+        retried with the same backoff as writes, for up to ``give_up_after_s``.
+
+        Raises:
+            StoreUnavailable: the study could not be read back to check it.
+        """
+        started = time.monotonic()
+        delay = self.backoff.base_s
+        while True:
+            try:
+                return open_study(self.writer.root, self.writer.context.study).completed_trials()
+            except OSError as exc:
+                if time.monotonic() - started > self.give_up_after_s:
+                    raise store_unavailable(
+                        self.writer.root.uri,
+                        f"could not be read back to check the study: {exc}",
+                        "a rerun reads it again and runs only what is missing",
+                    ) from exc
+                log.error("could not read the study back (%s); retrying in %.0f s", exc, delay)
+                time.sleep(delay)
+                delay = min(self.backoff.max_s, 2 * delay)
+
+    # ------------------------------------------------------------ internals
+
+    def _send(self, rows: TrialRows) -> None:
+        fut = self.pool.submit(self._write, rows)
+        self.writes[fut] = (rows, time.monotonic())
+
+    def _write(self, rows: TrialRows) -> float:
+        t0 = time.perf_counter()
+        self.writer.write_trial(rows.record, rows.vectors, rows.transfer)
+        return time.perf_counter() - t0
+
+    def _retain(self, rows: TrialRows) -> None:
+        self.retained[rows.number] = rows
+        self._retained_bytes += rows.nbytes()
+        while self._retained_bytes > self.retain_bytes and len(self.retained) > 1:
+            _, old = self.retained.popitem(last=False)
+            self._retained_bytes -= old.nbytes()
+
+    def _check_give_up(self, now: float) -> None:
+        since = self.backoff.permanent_since
+        if since is None or now - since < self.give_up_after_s:
+            return
+        numbers = sorted(r.number for r in self.waiting)
+        shown = ", ".join(map(str, numbers[:20])) + (" ..." if len(numbers) > 20 else "")
+        raise store_unavailable(
+            self.writer.root.uri,
+            f"has refused writes for {now - (self.backoff.since or since):.0f} s with an error "
+            f"that does not go away by itself: {self.backoff.error}",
+            f"the {len(numbers)} finished trial(s) that could not be stored ({shown}) run "
+            "again (store.give_up_after_s sets how long a study waits)",
+        )
+
+
+def store_unavailable(uri: str, what: str, rerun: str) -> StoreUnavailable:
+    """The one-paragraph error of a study stopped by its store."""
+    return StoreUnavailable(
+        f"the store {uri} {what}. Fix the store (create the bucket, or restore the "
+        "credentials or the permissions), then rerun the same `steer-sweep run` command to "
+        f"resume: the trials in the store are kept, and {rerun}."
+    )

@@ -1,0 +1,180 @@
+"""The store failing under a running study: nothing is claimed that is not stored.
+
+Real driver, sampler and store (moto S3 on 127.0.0.1, or a local folder);
+fake workers, so that the store is what breaks. After each fault the store is
+audited (tests/orchestrator/sweep_helpers.audit).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import pytest
+from cli_checks import assert_one_paragraph
+from store.factories import make_bucket, set_fake_aws_env
+from sweep_helpers import (
+    FakeWorker,
+    StudyThread,
+    audit,
+    tiny_config,
+    use_local_pool,
+    wait_for_trials,
+)
+
+from orchestrator.cli import main
+from orchestrator.run.committer import StoreUnavailable
+from orchestrator.run.pools import LocalPool
+from orchestrator.run.preflight import prepare
+from orchestrator.run.runner import run_study
+from orchestrator.store import StoreWriteError, load_study_config, open_study
+
+
+def local_pool(cfg: Any, delay: float = 0.05, n: int = 2) -> LocalPool:
+    worker = FakeWorker([e.id for e in prepare(cfg).transfer], delay=delay)
+    return LocalPool(worker, n)
+
+
+def empty_and_delete(client: Any, bucket: str) -> None:
+    """Delete every object of ``bucket``, then the bucket (writes may race in)."""
+    for _ in range(50):
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys]})
+        try:
+            client.delete_bucket(Bucket=bucket)
+            return
+        except client.exceptions.ClientError:
+            time.sleep(0.05)
+    raise AssertionError("could not delete the bucket")
+
+
+@pytest.fixture
+def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> tuple[Any, str]:
+    set_fake_aws_env(monkeypatch, moto_endpoint, tmp_path)
+    return make_bucket(moto_endpoint)
+
+
+def failing_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if "store writes failing" in r.getMessage() or "could not write trial" in r.getMessage()
+    ]
+
+
+def test_a_bucket_emptied_and_recreated_mid_study_is_put_back(
+    s3: tuple[Any, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The false success of issue 19: the bucket vanished with its objects and
+    came back empty; the run must not count what the store no longer has."""
+    client, bucket = s3
+    root = f"s3://{bucket}/sweeps"
+    # One vector at a time on one slow worker, so the loss lands mid-study.
+    cfg = tiny_config(root, n_trials=14, model__max_batch_jobs=1)
+    run = StudyThread(cfg, pool=local_pool(cfg, delay=1.0, n=1))
+    with caplog.at_level(logging.INFO, logger="orchestrator"):
+        run.start()
+        wait_for_trials(root, "tiny", 4)
+        empty_and_delete(client, bucket)
+        time.sleep(3.0)  # writes fail with NoSuchBucket, a permanent error
+        client.create_bucket(Bucket=bucket)
+        summary = run.result(timeout=240)
+    assert summary.rewritten, "trials written before the loss were put back"
+    assert not summary.lost and summary.complete
+    assert summary.stored == 14 and sum(summary.states.values()) == 14
+    audit(root, "tiny", 14, 2)
+    study = open_study(root, "tiny")
+    assert study.files("examples"), "the examples table was written again"
+    assert load_study_config(root, "tiny") is not None, "the config copy was written again"
+    lines = failing_lines(caplog)
+    assert 1 <= len(lines) <= 6, lines  # one line per backoff (1, 2, 4 s ...), not per attempt
+
+
+def test_a_bucket_that_stays_gone_stops_the_study(
+    s3: tuple[Any, str], tmp_path: Any, capsys: pytest.CaptureFixture, monkeypatch: Any
+) -> None:
+    client, bucket = s3
+    root = f"s3://{bucket}/sweeps"
+    cfg = tiny_config(root, n_trials=40, store={"root": root, "give_up_after_s": 2.0})
+    run = StudyThread(cfg, pool=local_pool(cfg, delay=0.3))
+    run.start()
+    wait_for_trials(root, "tiny", 2)
+    empty_and_delete(client, bucket)
+    t0 = time.monotonic()
+    with pytest.raises(StoreUnavailable) as err:
+        run.result(timeout=120)
+    assert time.monotonic() - t0 < 60
+    message = str(err.value)
+    for needle in (root, "NO_SUCH_BUCKET", "create the bucket", "rerun the same"):
+        assert needle in message, message
+    assert "\n" not in message
+
+    # The same through the command line: one paragraph and exit 1.
+    client.create_bucket(Bucket=bucket)
+    path = tmp_path / "study.yaml"
+    data = cfg.model_dump(mode="json")
+    data["name"] = "tiny2"
+    path.write_text(json.dumps(data))
+
+    def pool_after_emptying(plan: Any) -> LocalPool:
+        worker = FakeWorker([e.id for e in plan.transfer], delay=0.1)
+        empty_and_delete(client, bucket)  # after the checks, before the first trial
+        return LocalPool(worker, 2)
+
+    use_local_pool(monkeypatch, pool_after_emptying)
+    code = main(["-q", "run", str(path)])
+    _, stderr = capsys.readouterr()
+    assert code == 1, stderr
+    assert_one_paragraph(stderr, "refused writes", "create the bucket", "rerun the same")
+
+
+def test_a_write_that_fails_keeps_its_trial_pending_and_is_retried(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fault injection below the driver: the first six ``trials`` objects fail to
+    land. Those trials wait (told to nobody), are retried after a backoff, and
+    are stored and told exactly once; every tell comes after its row is stored."""
+    import orchestrator.store.writer as writer_mod
+
+    root = str(tmp_path / "store")
+    cfg = tiny_config(root, n_trials=10, vectors_per_trial=1, model__max_batch_jobs=4)
+    real_put = writer_mod.put_with_retries
+    failed: list[str] = []
+
+    def flaky_put(r: Any, key: str, data: bytes, retry: Any, stats: Any) -> None:
+        if key.startswith("trials/") and len(failed) < 6:
+            failed.append(key)
+            raise StoreWriteError(f"put {key}: HTTP status 503 (simulated)")
+        real_put(r, key, data, retry, stats)
+
+    monkeypatch.setattr(writer_mod, "put_with_retries", flaky_put)
+    told_before_stored: list[int] = []
+    told: list[int] = []
+    import orchestrator.run.driver as driver_mod
+
+    real_flush = driver_mod.Driver._flush
+
+    def checking_flush(self: Any, study: Any, summary: Any, timing: Any, block: bool) -> None:
+        before = summary.told
+        real_flush(self, study, summary, timing, block)
+        if summary.told > before:
+            stored = {t.number for t in open_study(root, "tiny").completed_trials()}
+            for t in study.get_trials(deepcopy=False):
+                n = t.user_attrs.get("store_trial")
+                if t.state.is_finished() and n not in told:
+                    told.append(n)
+                    if n not in stored:
+                        told_before_stored.append(n)
+
+    monkeypatch.setattr(driver_mod.Driver, "_flush", checking_flush)
+    with caplog.at_level(logging.INFO, logger="orchestrator"):
+        summary = run_study(cfg, pool=local_pool(cfg, n=1), show_progress=False)
+    assert len(failed) == 6
+    assert summary.told == 10 and summary.stored == 10 and not summary.lost
+    assert sorted(told) == list(range(10)) and not told_before_stored
+    audit(root, "tiny", 10, 1)
+    lines = failing_lines(caplog)
+    assert 1 <= len(lines) < len(failed), lines  # trials failing together share one backoff
