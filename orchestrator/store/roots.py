@@ -254,9 +254,17 @@ def list_objects(
         except FileNotFoundError:
             return []
         for e in entries:
-            if e.name.startswith(name_prefix) and e.is_file():
+            if not e.name.startswith(name_prefix):
+                continue
+            if not include_hidden and e.name.startswith((".", "_")):
+                continue  # a temp file another writer may rename away under us
+            try:
+                if not e.is_file():
+                    continue
                 st = e.stat()
-                out.append(ObjectInfo(f"{folder}/{e.name}", st.st_size, st.st_mtime))
+            except FileNotFoundError:
+                continue  # gone since the listing: renamed or deleted by a writer
+            out.append(ObjectInfo(f"{folder}/{e.name}", st.st_size, st.st_mtime))
     if not include_hidden:
         out = [o for o in out if not o.key.rsplit("/", 1)[-1].startswith((".", "_"))]
     return sorted(out, key=lambda o: o.key)
