@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "orchestr
 
 from sweep_helpers import FakeWorker, tiny_config  # noqa: E402
 
-from orchestrator.run.pools import LocalPool  # noqa: E402
+from orchestrator.run.pools import local_batch_pool  # noqa: E402
 from orchestrator.run.preflight import prepare  # noqa: E402
 from orchestrator.run.runner import run_study  # noqa: E402
 
@@ -79,7 +79,7 @@ def main() -> None:
         )
         plan = prepare(cfg)
         worker = TimedWorker([e.id for e in plan.transfer], args.seconds)
-        pool = LocalPool(worker, args.actors)
+        pool = local_batch_pool(worker, args.actors)
         started, cpu0 = time.perf_counter(), time.process_time()
         summary = run_study(cfg, pool=pool, show_progress=False)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu0

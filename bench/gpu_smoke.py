@@ -16,7 +16,7 @@ import torch
 
 from workers.analysis.caa import caa_vector
 from workers.engine.reentrant import ReentrantJob, optimize_reentrant
-from workers.evaluation.evaluate import EvalSpec
+from workers.evaluation.evaluate import EvalCache, EvalSpec
 from workers.examples import Example
 from workers.jobs import Intervention, ScoredPrompt, StopRules, Target, VectorJob, chat
 from workers.models.tiny import tiny_model
@@ -66,7 +66,7 @@ def main() -> None:
         generation_tokens=4,
     )
     t0 = time.perf_counter()
-    outs = run_assignments(lm, spec, assignments, {})
+    outs = run_assignments(lm, spec, assignments, EvalCache())
     errors = [o.error for o in outs if o.error]
     assert not errors, errors
     print(

@@ -33,55 +33,69 @@ from store.factories import free_port  # noqa: E402
 from store_bench import start_moto_process  # noqa: E402
 from sweep_helpers import FakeWorker, tiny_config  # noqa: E402
 
-from orchestrator.run.pools import Finished, WorkerLost  # noqa: E402
+from orchestrator.run.pools import Done, WorkerLost  # noqa: E402
 from orchestrator.run.preflight import prepare  # noqa: E402
 from orchestrator.run.runner import run_study  # noqa: E402
 from orchestrator.store import compact, open_study  # noqa: E402
 from workers.service.assignments import Assignment, VectorOutcome  # noqa: E402
+from workers.service.stream import BatchWorker, Drained  # noqa: E402
 
 
 class FakeActor:
-    """A Ray actor standing in for ``SteeringWorker``: no model, fast outcomes."""
+    """A Ray actor standing in for ``SteeringWorker``: no model, fast outcomes,
+    the same ``put``/``drain`` contract (one batch at a time)."""
 
     def __init__(self, transfer_ids: list[str], delay: float) -> None:
         self.worker = FakeWorker(transfer_ids, delay=0.0)
         self.delay = delay
+        self.stream = BatchWorker(self._run)
 
-    def run(self, assignments: list[Assignment]) -> list[VectorOutcome]:
+    def _run(self, assignments: list[Assignment]) -> list[VectorOutcome]:
         time.sleep(self.delay * len(assignments))
         return [self.worker.outcome(t) for t in assignments]
 
+    def put(self, assignments: list[Assignment]) -> int:
+        return self.stream.put(assignments)
+
+    def drain(self, timeout: float) -> Drained:
+        return self.stream.drain(timeout)
+
 
 class FakeRayPool:
-    """The ``Pool`` protocol over ``n`` FakeActors."""
+    """The generic pool contract over ``n`` FakeActors (no probes, no restarts)."""
 
     def __init__(self, transfer_ids: list[str], n: int, delay: float) -> None:
         import ray
 
-        cls = ray.remote(num_cpus=0.5)(FakeActor)
+        cls = ray.remote(num_cpus=0.5, max_concurrency=4)(FakeActor)
         self.keys = list(range(n))
+        self.size = n
         self.actors = [cls.remote(transfer_ids, delay) for _ in self.keys]
-        self.refs: dict[Any, int] = {}
+        self.refs: dict[Any, tuple[int, str]] = {}
         self.vectors = 0  # vectors returned so far
 
-    def submit(self, key: int, assignments: list[Assignment]) -> None:
-        self.refs[self.actors[key].run.remote(assignments)] = key
+    def submit(self, key: int, fn: Any, value: Any, tag: str = "") -> None:
+        self.refs[fn(self.actors[key], value)] = (key, tag)
 
-    def poll(self, timeout: float) -> list[Finished]:
+    def info(self, timeout: float = 0.0) -> list[dict[str, Any]]:
+        return [{"label": f"fake:{k}", "host": "", "pid": 0, "model": "fake", "device": "",
+                 "load_s": 0.0} for k in self.keys]  # fmt: skip
+
+    def poll(self, timeout: float) -> list[Done]:
         import ray
 
         if not self.refs:
             return []
         ready, _ = ray.wait(list(self.refs), num_returns=1, timeout=timeout)
-        out: list[Finished] = []
+        out: list[Done] = []
         for ref in ready:
-            key = self.refs.pop(ref)
+            key, tag = self.refs.pop(ref)
             try:
-                outcomes = ray.get(ref)
-                self.vectors += len(outcomes)
-                out.append((key, outcomes))
+                value = ray.get(ref)
+                self.vectors += len(getattr(value, "outcomes", []))
+                out.append(Done(key, tag, value))
             except ray.exceptions.RayError as exc:
-                out.append((key, WorkerLost(type(exc).__name__)))
+                out.append(Done(key, tag, WorkerLost(type(exc).__name__)))
         return out
 
     def shutdown(self) -> None:

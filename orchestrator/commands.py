@@ -80,7 +80,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(
         "time (s): "
         + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
-        + "  [optimize/evaluate: actor seconds; wait: driver waiting on actors]"
+        + f"; occupancy {summary.occupancy:.1%}, evaluation share {summary.eval_share:.1%}"
+        + "  [optimize/evaluate: actor seconds; wait: driver waiting on actors; occupancy: "
+        "rows holding a job over all rows, first assignment to last outcome]"
     )
     print(
         f"results: {summary.store}\n  steer-sweep status {cfg.name} --root {cfg.store.root}"

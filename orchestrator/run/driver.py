@@ -31,8 +31,9 @@ from optuna.trial import TrialState
 
 from orchestrator.run.committer import Committer, TrialRows
 from orchestrator.run.expand import build_assignment
+from orchestrator.run.feeder import Feeder
 from orchestrator.run.ledger import Ledger, TrialWork
-from orchestrator.run.pools import Pool, WorkerLost
+from orchestrator.run.pools import Pool
 from orchestrator.run.preflight import Plan
 from orchestrator.run.surprisal import Scoring, needs_scores
 from orchestrator.store import (
@@ -72,6 +73,10 @@ class RunSummary:
     rewritten: list[int] = field(default_factory=list)
     stored: int = 0  # trials in the store at the end
     stored_numbers: set[int] = field(default_factory=set)
+    # rows holding a job over the workers' rows, and the share of the workers'
+    # time spent on held-out evaluation, from the first assignment to the last outcome
+    occupancy: float = 0.0
+    eval_share: float = 0.0
 
     @property
     def complete(self) -> bool:
@@ -110,10 +115,14 @@ class Driver:
         self.committer = Committer(writer, give_up_after_s=cfg.store.give_up_after_s)
         self.lease = lease
         per_trial = cfg.vectors_per_trial
-        n_workers = max(1, getattr(pool, "size", len(pool.keys)))  # all asked for, ready or not
-        slots = n_workers * cfg.model.max_batch_jobs
-        # Enough trials that every worker has a full batch, plus one spare
-        # trial per worker so a finishing worker never waits on the driver.
+        n_workers = max(1, pool.size)  # all asked for, ready or not
+        # Each worker holds up to `depth` assignments: its rows and one refill.
+        rows = cfg.model.max_batch_jobs
+        depth = cfg.model.inbox_depth or (2 * rows if cfg.model.engine == "stream" else rows)
+        self.feeder = Feeder(pool, self.ledger, depth=depth)
+        # Enough trials to fill every inbox, plus one spare trial per worker
+        # so a worker never waits on the driver's next ask.
+        slots = n_workers * depth
         self.in_flight = cfg.trials_in_flight or max(1, math.ceil(slots / per_trial)) + n_workers
 
     # ------------------------------------------------------------- numbering
@@ -157,43 +166,46 @@ class Driver:
         timing = {"ask": 0.0, "tell": 0.0, "write": 0.0, "wait": 0.0}
         timing |= {"optimize": 0.0, "evaluate": 0.0}
         self.told: set[int] = set()  # store numbers of the trials told this run
+        # seconds from a trial's last vector being done (on its worker) to its tell
+        self.finish_to_tell_s: list[float] = []
         self.ask_s: list[float] = []  # seconds per ask, in ask order
         self.tell_s: list[float] = []  # seconds per tell, in tell order
         while to_ask or self.ledger.trials or self.committer.pending:
             if self.lease is not None and self.lease.lost:
                 raise self.lease.lost_error()
-            # One pass: results first, so a finished worker gets its next
-            # batch (from the spare trials in flight) before the driver spends
-            # time on anything else; then writes and tells; then at most one
-            # ask, so a worker that finishes meanwhile waits for one ask at most.
+            # One pass: outcomes first, then inboxes topped up (each worker
+            # holds its rows' next assignments already, so it never waits on
+            # this loop), then writes and tells, then at most one ask.
             # Trials waiting for their store write count as in flight, so a
             # store slower than the workers cannot build an unbounded backlog
             # of finished, unsaved work that a killed driver would lose.
             open_trials = len(self.ledger.trials) + self.committer.pending
             want_ask = bool(to_ask) and open_trials < self.in_flight
             t0 = time.perf_counter()
-            finished = self.pool.poll(timeout=self._poll_timeout(want_ask))
+            events = self.feeder.poll(timeout=self._poll_timeout(want_ask))
             timing["wait"] += time.perf_counter() - t0
             changed: set[int] = set()
-            for key, result in finished:
-                if isinstance(result, WorkerLost):
-                    changed |= self.ledger.lost(key, result.reason)
-                else:
-                    hold = None
-                    if self.scoring is not None:
-                        hold = needs_scores
-                        self.scoring.add([o for o in result if needs_scores(o)])
-                    changed |= self.ledger.finish(key, result, hold)
-                    # Worker-side seconds, per vector: their sums split the wait.
-                    timing["optimize"] += sum(o.optimize_s for o in result)
-                    timing["evaluate"] += sum(o.evaluate_s for o in result)
-            self._dispatch()
+            for key, reason in events.lost:
+                changed |= self.ledger.lost(key, reason)
+            for key, outcomes in events.outcomes:
+                hold = None
+                if self.scoring is not None:
+                    hold = needs_scores
+                    self.scoring.add([o for o in outcomes if needs_scores(o)])
+                changed |= self.ledger.finish(key, outcomes, hold)
+                # Worker-side seconds, per vector: their sums split the wait.
+                timing["optimize"] += sum(o.optimize_s for o in outcomes)
+                timing["evaluate"] += sum(o.evaluate_s for o in outcomes)
             if self.scoring is not None:
                 for vid, rows, error in self.scoring.collect():
                     changed.add(self.ledger.release(vid, rows, error))
                 self.scoring.dispatch()
+            # Report (and maybe prune) before topping inboxes up, so a pruned
+            # trial's unsent vectors are never sent; every inbox holds a
+            # refill already, so no row waits for this.
             for number in sorted(changed):
                 self._report(self.ledger.trials[number])
+            self.feeder.pump()
             if changed:
                 for work in self.ledger.ready():
                     self.ledger.pop(work.number)
@@ -207,10 +219,13 @@ class Driver:
                 timing["ask"] += elapsed
                 self.ask_s.append(elapsed)
                 to_ask -= 1
-                self._dispatch()
+                self.feeder.pump()
+        self.feeder.log_counts()
         timing["write"] = self.committer.write_s
+        summary.occupancy, summary.eval_share = self.feeder.occupancy()
         summary.seconds = timing
         summary.latency_ms = _latency_ms({"ask": self.ask_s, "tell": self.tell_s})
+        summary.latency_ms |= _percentiles_ms("finish_to_tell", self.finish_to_tell_s)
         self._check_store(summary, done | self.told)
         summary.best = _best(study, summary.stored_numbers)
         return summary
@@ -236,17 +251,6 @@ class Driver:
         if self.committer.pending or (self.scoring is not None and self.scoring.busy):
             return 0.02
         return 0.5
-
-    def _dispatch(self) -> None:
-        """Give every idle worker a batch of pending assignments."""
-        if not self.ledger.pending:
-            return
-        for key in self.pool.keys:
-            if not self.ledger.busy(key):
-                batch = self.ledger.take(key, self.cfg.model.max_batch_jobs)
-                if not batch:
-                    return
-                self.pool.submit(key, batch)
 
     def _start(self, trial: optuna.trial.Trial, number: int) -> None:
         trial.set_user_attr(STORE_TRIAL, number)
@@ -362,11 +366,15 @@ class Driver:
             elapsed = time.perf_counter() - t0
             timing["tell"] += elapsed
             self.tell_s.append(elapsed)
+            last = [o.finished_at for o in work.outcomes.values() if o.finished_at is not None]
+            if last:
+                self.finish_to_tell_s.append(max(0.0, time.time() - max(last)))
             self.told.add(record.number)
             summary.told += 1
             summary.vectors += len(item.vectors)
             summary.states[record.state] = summary.states.get(record.state, 0) + 1
             if self.progress:
+                summary.occupancy, summary.eval_share = self.feeder.occupancy()
                 self.progress(summary, record.number)
 
 
@@ -378,6 +386,17 @@ def _latency_ms(series: dict[str, list[float]]) -> dict[str, float]:
             tail = values[-100:]
             out[f"{name}_last100"] = 1000 * sum(tail) / len(tail)
     return out
+
+
+def _percentiles_ms(name: str, values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    arr = np.asarray(values) * 1000
+    return {
+        f"{name}_p50": float(np.percentile(arr, 50)),
+        f"{name}_p99": float(np.percentile(arr, 99)),
+        f"{name}_max": float(arr.max()),
+    }
 
 
 def _best(study: optuna.Study, stored: set[int]) -> list[dict[str, Any]]:

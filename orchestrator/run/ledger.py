@@ -33,6 +33,10 @@ class TrialWork:
     intermediate: dict[int, float] = field(default_factory=dict)
     started: datetime | None = None
 
+    @property
+    def ids(self) -> set[str]:
+        return {a.vector_id for a in self.assignments}
+
     def ordered_outcomes(self) -> list[VectorOutcome]:
         return [
             self.outcomes[t.vector_id] for t in self.assignments if t.vector_id in self.outcomes
@@ -65,10 +69,13 @@ class Ledger:
     def busy(self, worker: Hashable) -> bool:
         return bool(self.running.get(worker))
 
+    def outstanding(self, worker: Hashable) -> int:
+        """Assignments sent to ``worker`` that have not come back."""
+        return len(self.running.get(worker, ()))
+
     def take(self, worker: Hashable, max_assignments: int) -> list[Assignment]:
-        """Up to ``max_assignments`` pending assignments for an idle ``worker``."""
-        if self.busy(worker):
-            raise RuntimeError(f"worker {worker!r} already has a batch")
+        """Up to ``max_assignments`` pending assignments, now sent to ``worker``
+        (added to what it already holds: a streaming worker's inbox)."""
         batch: list[Assignment] = []
         while self.pending and len(batch) < max_assignments:
             one = self.pending.popleft()
@@ -76,7 +83,7 @@ class Ledger:
                 continue  # a pruned trial's unstarted assignments are simply dropped
             batch.append(one)
         if batch:
-            self.running[worker] = batch
+            self.running.setdefault(worker, []).extend(batch)
         return batch
 
     def finish(
@@ -85,21 +92,53 @@ class Ledger:
         outcomes: list[VectorOutcome],
         hold: Callable[[VectorOutcome], bool] | None = None,
     ) -> set[int]:
-        """Record a worker's outcomes; returns the trial numbers that changed.
-        Outcomes for which ``hold`` is true wait in ``held`` for :meth:`release`."""
-        batch = self.running.pop(worker, [])
-        expected = {t.vector_id for t in batch}
-        got = {o.vector_id for o in outcomes}
-        if expected != got:
-            raise RuntimeError(f"worker {worker!r} returned {sorted(got)} for {sorted(expected)}")
+        """Record outcomes that came back from ``worker`` (any number of the
+        assignments it holds); returns the trial numbers that changed.
+        Outcomes for which ``hold`` is true wait in ``held`` for :meth:`release`.
+
+        An outcome that comes back twice (its worker was thought lost and the
+        assignment sent again) counts once: the first one wins.
+
+        Raises:
+            RuntimeError: an outcome names a vector the ledger never sent.
+        """
         changed = set()
         for outcome in outcomes:
-            if hold is not None and hold(outcome):
-                self.held[outcome.vector_id] = outcome
+            vid = outcome.vector_id
+            work = self.trials.get(outcome.trial)
+            if work is None:
+                continue  # its trial is done already: a late duplicate
+            if vid not in work.ids:
+                raise RuntimeError(
+                    f"worker {worker!r} returned {vid!r}, which trial {outcome.trial} "
+                    f"does not have (its vectors: {sorted(work.ids)[:5]})"
+                )
+            if vid in work.outcomes or vid in self.held:
                 continue
-            self.trials[outcome.trial].outcomes[outcome.vector_id] = outcome
+            self._forget(worker, vid)
+            if hold is not None and hold(outcome):
+                self.held[vid] = outcome
+                continue
+            work.outcomes[vid] = outcome
             changed.add(outcome.trial)
         return changed
+
+    def _forget(self, worker: Hashable, vid: str) -> None:
+        """Take ``vid`` off the books of wherever it is: ``worker``, another
+        worker it was sent to again, or the pending queue."""
+        for holder in (worker, *[w for w in self.running if w != worker]):
+            batch = self.running.get(holder)
+            if batch:
+                for i, one in enumerate(batch):
+                    if one.vector_id == vid:
+                        del batch[i]
+                        if not batch:
+                            del self.running[holder]
+                        return
+        for i, one in enumerate(self.pending):
+            if one.vector_id == vid:
+                del self.pending[i]
+                return
 
     def release(self, vector_id: str, rows: list[Any], error: str | None = None) -> int:
         """A held outcome, with ``rows`` added (or ``error`` set), joins its

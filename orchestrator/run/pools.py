@@ -1,11 +1,17 @@
-"""Worker pools: where batches of vector assignments run.
+"""Pools of workers, shaped like Ray's ``ActorPool``: the caller says what to run.
 
-A pool has a list of worker keys, ``keys``, the workers that can take a batch
-now (a :class:`RayPool`'s changes as actors start, die and come back);
-``submit(key, assignments)`` starts a batch on an idle worker and ``poll(timeout)``
-returns finished batches as ``(key, outcomes)`` or ``(key, WorkerLost)``.
-:class:`RayPool` runs one ``SteeringWorker`` actor per key; :class:`LocalPool`
-runs any callable in threads (tests, benchmarks, and the driver-capacity check).
+A pool holds one actor per key; ``keys`` lists those that can take calls now
+(a :class:`RayPool`'s changes as actors start, die and come back).
+``submit(key, fn, value, tag)`` runs ``fn(actor, value)``, which calls a
+method the Ray way (``actor.put.remote(value)``), and ``poll(timeout)``
+returns finished calls as :class:`Done`, whose ``value`` is the call's result
+or :class:`WorkerLost`. The pool knows nothing of what its actors do: the
+steering feeder (:mod:`orchestrator.run.feeder`) and the surprisal scorer
+(:mod:`orchestrator.run.surprisal`) use the same two classes.
+
+:class:`RayPool` runs named ``SteeringWorker`` actors; :class:`LocalPool`
+holds objects in this process (tests, benchmarks) and runs each call on a
+thread, behind a handle with the same ``.method.remote(...)`` spelling.
 """
 
 from __future__ import annotations
@@ -16,12 +22,11 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from workers.evaluation.evaluate import EvalSpec
-from workers.service.assignments import Assignment, VectorOutcome
 
 log = logging.getLogger(__name__)
 
@@ -31,66 +36,129 @@ class WorkerLost:
     reason: str
 
 
-Finished = tuple[int, list[VectorOutcome] | WorkerLost]
+@dataclass(frozen=True)
+class Done:
+    """A finished call: its actor's key, the caller's tag, and its result (or
+    :class:`WorkerLost` when the actor died or the call raised)."""
+
+    key: int
+    tag: str
+    value: Any
+
+
+Call = Callable[[Any, Any], Any]  # fn(actor, value) -> a Ray ObjectRef or a local future
 
 
 class Pool(Protocol):
     keys: list[int]
+    size: int
 
-    def submit(self, key: int, assignments: list[Assignment]) -> None: ...
+    def submit(self, key: int, fn: Call, value: Any, tag: str = "") -> None: ...
 
-    def poll(self, timeout: float) -> list[Finished]: ...
+    def poll(self, timeout: float) -> list[Done]: ...
+
+    def info(self, timeout: float = 600.0) -> list[dict[str, Any]]: ...
 
     def shutdown(self) -> None: ...
 
 
+class _LocalMethod:
+    def __init__(self, executor: cf.ThreadPoolExecutor, method: Callable[..., Any]) -> None:
+        self.executor, self.method = executor, method
+
+    def remote(self, *args: Any, **kwargs: Any) -> cf.Future:
+        return self.executor.submit(self.method, *args, **kwargs)
+
+
+class LocalHandle:
+    """An in-process object called the Ray way: ``handle.drain.remote(t)``
+    runs ``obj.drain(t)`` on a thread and returns a future."""
+
+    def __init__(self, obj: Any, executor: cf.ThreadPoolExecutor) -> None:
+        self._obj, self._executor = obj, executor
+
+    def __getattr__(self, name: str) -> _LocalMethod:
+        return _LocalMethod(self._executor, getattr(self._obj, name))
+
+
 class LocalPool:
-    """``n`` in-process workers, each a thread calling ``fn(key, assignments)``."""
+    """Objects in this process as a pool: one key per object; every call on a
+    thread (``threads_per_actor`` at once per object, so a long-polling
+    ``drain`` never blocks a ``put``)."""
 
-    def __init__(self, fn: Callable[[int, list[Assignment]], list[VectorOutcome]], n: int) -> None:
-        self.keys = list(range(n))
-        self.fn = fn
-        self.executor = cf.ThreadPoolExecutor(max_workers=n, thread_name_prefix="steer-worker")
-        self.futures: dict[cf.Future, int] = {}
+    def __init__(self, actors: Sequence[Any], *, threads_per_actor: int = 4) -> None:
+        self.objects = list(actors)
+        self.keys = list(range(len(self.objects)))
+        self.size = len(self.objects)
+        self.executor = cf.ThreadPoolExecutor(
+            max_workers=max(1, threads_per_actor * len(self.objects)),
+            thread_name_prefix="local-actor",
+        )
+        self.actors = [LocalHandle(o, self.executor) for o in self.objects]
+        self.futures: dict[cf.Future, tuple[int, str]] = {}
 
-    def submit(self, key: int, assignments: list[Assignment]) -> None:
-        self.futures[self.executor.submit(self.fn, key, assignments)] = key
+    def submit(self, key: int, fn: Call, value: Any, tag: str = "") -> None:
+        self.futures[fn(self.actors[key], value)] = (key, tag)
 
     def info(self, timeout: float = 0.0) -> list[dict[str, Any]]:
         """The shape of :meth:`RayPool.info`, for workers in this process."""
         host, pid = socket.gethostname(), os.getpid()
-        return [
-            {"label": f"local:{k}", "host": host, "pid": pid, "model": "in-process",
-             "device": "this process", "load_s": 0.0}
-            for k in self.keys
-        ]  # fmt: skip
+        out = []
+        for k, obj in enumerate(self.objects):
+            meta = obj.info() if hasattr(obj, "info") else {}
+            out.append(
+                {
+                    "label": f"local:{k}",
+                    "host": host,
+                    "pid": pid,
+                    "model": "in-process",
+                    "device": "this process",
+                    "load_s": 0.0,
+                    **meta,
+                }  # fmt: skip
+            )
+        return out
 
-    def poll(self, timeout: float) -> list[Finished]:
+    def poll(self, timeout: float) -> list[Done]:
         if not self.futures:
             return []
         done, _ = cf.wait(list(self.futures), timeout=timeout, return_when=cf.FIRST_COMPLETED)
-        out: list[Finished] = []
+        out: list[Done] = []
         for fut in done:
-            key = self.futures.pop(fut)
+            key, tag = self.futures.pop(fut)
             exc = fut.exception()
-            out.append((key, WorkerLost(repr(exc)) if exc else fut.result()))
+            out.append(Done(key, tag, WorkerLost(repr(exc)) if exc else fut.result()))
         return out
 
     def shutdown(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        for obj in self.objects:
+            if hasattr(obj, "close"):
+                obj.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def local_batch_pool(fn: Callable[[int, list[Any]], list[Any]], n: int, rows: int = 1) -> LocalPool:
+    """``n`` in-process workers that each run ``fn(key, assignments)`` on one
+    batch at a time (:class:`workers.service.stream.BatchWorker`): fakes in
+    tests and benchmarks."""
+    from functools import partial
+
+    from workers.service.stream import BatchWorker
+
+    return LocalPool([BatchWorker(partial(fn, k), max_rows=rows) for k in range(n)])
 
 
 class RayPool:
     """One named ``SteeringWorker`` actor per key, restarted by Ray if it dies.
 
     ``keys`` holds the actors that are ready (model loaded, reachable) and so
-    can take a batch; it changes while a study runs. An actor that Ray cannot
+    can take calls; it changes while a study runs. An actor that Ray cannot
     place yet (its node is still joining, or the autoscaler is adding one)
     joins ``keys`` once it has loaded its model; an actor that dies leaves
-    ``keys`` (its batch comes back as :class:`WorkerLost`) and rejoins once
-    Ray has restarted it elsewhere. A batch is therefore never sent to an
-    actor that may not run for minutes, and the study goes on with the actors
-    it has. ``size`` is the number of actors asked for.
+    ``keys`` (its calls come back as :class:`WorkerLost`) and rejoins once
+    Ray has restarted it elsewhere. Work is therefore never sent to an actor
+    that may not run for minutes, and the study goes on with the actors it
+    has. ``size`` is the number of actors asked for.
     """
 
     def __init__(
@@ -106,6 +174,7 @@ class RayPool:
         torch_threads: int | None,
         namespace: str,
         placement: str = "default",
+        streaming: bool = True,
     ) -> None:
         from workers.service.actor import remote_worker_class
 
@@ -129,15 +198,17 @@ class RayPool:
                 label=self.names[i],
                 max_batch_jobs=max_batch_jobs,
                 torch_threads=torch_threads,
+                streaming=streaming,
             )
             for i in range(num_actors)
         ]
-        self.refs: dict[Any, int] = {}
+        self.refs: dict[Any, tuple[int, str]] = {}
         # One ``info`` call per actor that is not in ``keys``: it returns once
         # the actor has (re)started and loaded its model.
         self.probes: dict[Any, int] = {}
         self.infos: dict[int, dict[str, Any]] = {}
-        self.batches = dict.fromkeys(range(num_actors), 0)
+        # calls answered per actor, by the caller's tag ("put", "drain", "score")
+        self.calls: dict[int, dict[str, int]] = {k: {} for k in range(num_actors)}
         for i in range(num_actors):
             self._probe(i)
 
@@ -224,48 +295,54 @@ class RayPool:
                 n = min(n, int(total.get(name, 0.0) / need + 1e-9))
         return n
 
-    def submit(self, key: int, assignments: list[Assignment]) -> None:
-        self.refs[self.actors[key].run.remote(assignments)] = key
+    def submit(self, key: int, fn: Call, value: Any, tag: str = "") -> None:
+        self.refs[fn(self.actors[key], value)] = (key, tag)
 
-    def poll(self, timeout: float) -> list[Finished]:
+    def poll(self, timeout: float) -> list[Done]:
         import ray
         from ray.exceptions import RayActorError, RayError
 
         if not self.refs and not self.probes:
             return []
         ready, _ = ray.wait([*self.refs, *self.probes], num_returns=1, timeout=timeout)
-        out: list[Finished] = []
+        # Take every other call that is done too: a busy pool returns many at once.
+        if ready:
+            more, _ = ray.wait([*self.refs], num_returns=len(self.refs), timeout=0)
+            ready = list(dict.fromkeys([*ready, *more]))
+        out: list[Done] = []
         for ref in ready:
             if ref in self.probes:
                 self._probed(ref)
                 continue
-            key = self.refs.pop(ref)
+            key, tag = self.refs.pop(ref)
             try:
-                out.append((key, ray.get(ref)))
-                self.batches[key] += 1
+                out.append(Done(key, tag, ray.get(ref)))
+                kind = tag.partition(":")[0]
+                self.calls[key][kind] = self.calls[key].get(kind, 0) + 1
             except RayActorError as exc:
                 # Ray restarts the actor (max_restarts=-1), maybe on another
-                # node once there is room; its batch is requeued, and it gets
-                # no new batch until it answers again.
-                log.warning("actor %d died mid-batch; requeueing its assignments: %s", key, exc)
-                out.append((key, WorkerLost(f"actor died: {type(exc).__name__}")))
-                self.keys = [k for k in self.keys if k != key]
-                self._probe(key)
+                # node once there is room; the caller requeues what it had
+                # sent, and the actor gets no new calls until it answers again.
+                if key in self.keys:
+                    log.warning("actor %d died; requeueing what it held: %s", key, exc)
+                    self.keys = [k for k in self.keys if k != key]
+                    self._probe(key)
+                out.append(Done(key, tag, WorkerLost(f"actor died: {type(exc).__name__}")))
             except RayError as exc:
-                # Anything else that escaped the actor (out of memory, a bug):
-                # requeue too; the ledger fails an assignment after 3 such losses.
-                log.warning("batch on actor %d failed: %s", key, str(exc)[:500])
-                out.append((key, WorkerLost(f"{type(exc).__name__}: {str(exc)[:200]}")))
+                # Anything else that escaped the actor (out of memory, a bug).
+                log.warning("a call on actor %d failed: %s", key, str(exc)[:500])
+                out.append(Done(key, tag, WorkerLost(f"{type(exc).__name__}: {str(exc)[:200]}")))
         return out
 
     def shutdown(self) -> None:
         import ray
 
         for key in range(self.size):
+            counts = ", ".join(f"{n} {kind} calls" for kind, n in sorted(self.calls[key].items()))
             log.info(
-                "%s: %d batches%s",
+                "%s: %s%s",
                 self.names[key],
-                self.batches[key],
+                counts or "no calls",
                 "" if key in self.keys else " (not ready at the end)",
             )
         for actor in self.actors:

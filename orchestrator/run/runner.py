@@ -12,7 +12,7 @@ from orchestrator.run.committer import store_unavailable
 from orchestrator.run.driver import Driver, RunSummary
 from orchestrator.run.pools import Pool, RayPool
 from orchestrator.run.preflight import Plan, PreflightError, prepare
-from orchestrator.run.surprisal import RayScorePool, ScorePool, Scoring
+from orchestrator.run.surprisal import ScoreSettings, Scoring
 from orchestrator.store import (
     ExampleRecord,
     StoreRoot,
@@ -30,6 +30,7 @@ from orchestrator.store import (
 from orchestrator.store.roots import put_bytes
 from orchestrator.store.study_config import canonical_json
 from orchestrator.study.config import ModelConfig, RayConfig, StudyConfig
+from workers.evaluation.evaluate import EvalSpec
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ def connect_ray(cfg: RayConfig) -> str:
     if ray.is_initialized():
         return "already connected"
     kwargs: dict[str, Any] = {"namespace": cfg.namespace, "log_to_driver": True}
+    if cfg.address == "local":  # a new cluster of its own, whatever else runs here
+        ray.init(address="local", num_cpus=cfg.num_cpus or os.cpu_count(), num_gpus=cfg.num_gpus, **kwargs)  # fmt: skip
+        return "new local cluster (ray.address: local)"
     if cfg.address:
         ray.init(address=cfg.address, **kwargs)
         return f"cluster at {cfg.address}"
@@ -73,6 +77,8 @@ RESOURCE_KEYS: tuple[str, ...] = (
             "cpus_per_actor",
             "torch_threads",
             "max_batch_jobs",
+            "inbox_depth",
+            "engine",
             "placement",
         )
     ),
@@ -200,6 +206,7 @@ def _actors(m: ModelConfig, plan: Plan) -> dict[str, Any]:
         "num_gpus": m.gpus_per_actor,
         "max_batch_jobs": m.max_batch_jobs,
         "torch_threads": m.torch_threads,
+        "streaming": m.engine == "stream",
         "namespace": plan.config.ray.namespace,
         "placement": m.placement,
     }
@@ -232,16 +239,13 @@ def make_ray_pool(plan: Plan) -> RayPool:
     )
 
 
-def make_surprisal_pool(plan: Plan) -> RayScorePool:
+def make_surprisal_pool(plan: Plan) -> RayPool:
     """The second pool: actors holding the surprisal (base) model."""
     m = plan.config.surprisal_model
     assert m is not None and plan.surprisal_spec is not None
-    ev = plan.config.evaluation
-    return RayScorePool(
-        context=plan.surprisal_context,
-        log_base=ev.log_base,
-        batch_size=ev.batch_size,
+    return RayPool(
         model=plan.surprisal_spec,
+        evaluation=EvalSpec(metrics=()),
         label=f"{m.name}:{plan.config.name}:surprisal",
         **_actors(m, plan),
     )
@@ -251,7 +255,7 @@ def run_study(
     config: StudyConfig,
     *,
     pool: Pool | None = None,
-    scorer: ScorePool | None = None,
+    scorer: Pool | None = None,
     show_progress: bool = True,
     extend: bool = False,
     force_config: bool = False,
@@ -291,7 +295,7 @@ def _run(
     lease: StudyLease,
     started: float,
     pool: Pool | None,
-    scorer: ScorePool | None,
+    scorer: Pool | None,
     show_progress: bool,
     extend: bool,
     force_config: bool,
@@ -344,14 +348,20 @@ def _run(
             if bar is not None:
                 bar.n = summary.resumed + summary.told
                 bar.set_postfix(
-                    vectors=summary.vectors, **{k.lower(): v for k, v in summary.states.items()}
+                    vectors=summary.vectors,
+                    **{k.lower(): v for k, v in summary.states.items()},
+                    occupancy=f"{summary.occupancy:.0%}",
+                    eval=f"{summary.eval_share:.0%}",
                 )
                 bar.refresh()
 
         scoring = None
         if scorer is not None:
+            ev = config.evaluation
             scoring = Scoring(
-                scorer, max_items=(config.surprisal_model or config.model).max_batch_jobs
+                scorer,
+                ScoreSettings(plan.surprisal_context, ev.log_base, ev.batch_size),
+                max_items=(config.surprisal_model or config.model).max_batch_jobs,
             )
         try:
             driver = Driver(plan, pool, writer, progress=on_trial, scoring=scoring, lease=lease)

@@ -21,69 +21,50 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Hashable
-from typing import Any, Protocol, cast
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from orchestrator.run.pools import LocalPool, RayPool, WorkerLost
-from workers.evaluation.evaluate import EvalSpec
+from orchestrator.run.pools import LocalPool, Pool, WorkerLost
 from workers.evaluation.transfer import TransferRow
 from workers.service.assignments import VectorOutcome
 
 METRIC = "surprisal"
 
-ScoreFinished = tuple[int, "list[float] | WorkerLost"]
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How the surprisal model scores: the context C, the log base, the batch size."""
+
+    context: tuple[str, ...] = ()
+    log_base: float = 10.0
+    batch_size: int = 16
 
 
-class ScorePool(Protocol):
-    keys: list[int]
-
-    def score(self, key: int, texts: list[str]) -> None: ...
-
-    def poll(self, timeout: float) -> list[ScoreFinished]: ...
-
-    def shutdown(self) -> None: ...
+def _score(actor: Any, call: tuple[list[str], ScoreSettings]) -> Any:
+    texts, s = call
+    return actor.surprisal.remote(
+        list(s.context), texts, log_base=s.log_base, batch_size=s.batch_size
+    )
 
 
-class LocalScorePool:
-    """``n`` threads calling ``fn(key, texts) -> surprisal per text`` (tests)."""
+@dataclass
+class FunctionScorer:
+    """An in-process scorer: ``fn(texts) -> surprisal per text`` (tests)."""
 
-    def __init__(self, fn: Callable[[int, list[str]], list[float]], n: int) -> None:
-        self.inner = LocalPool(cast(Any, fn), n)
-        self.keys = self.inner.keys
+    fn: Callable[[list[str]], list[float]]
 
-    def score(self, key: int, texts: list[str]) -> None:
-        self.inner.submit(key, cast(Any, texts))
-
-    def poll(self, timeout: float) -> list[ScoreFinished]:
-        return cast(list[ScoreFinished], self.inner.poll(timeout))
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
+    def surprisal(
+        self, context: Sequence[str], texts: list[str], *, log_base: float, batch_size: int
+    ) -> list[float]:
+        return self.fn(texts)
 
 
-class RayScorePool(RayPool):
-    """``SteeringWorker`` actors holding the surprisal model; a batch is one
-    ``surprisal`` call. Placement, restarts and ``keys`` are the RayPool's."""
+def local_score_pool(fn: Callable[[int, list[str]], list[float]], n: int) -> LocalPool:
+    """``n`` in-process scorers, each calling ``fn(key, texts)``."""
+    from functools import partial
 
-    def __init__(
-        self,
-        *,
-        context: tuple[str, ...],
-        log_base: float,
-        batch_size: int,
-        **pool_args: Any,
-    ) -> None:
-        super().__init__(evaluation=EvalSpec(metrics=()), **pool_args)
-        self.context, self.log_base, self.batch_size = list(context), log_base, batch_size
-
-    def score(self, key: int, texts: list[str]) -> None:
-        call = self.actors[key].surprisal.remote(
-            self.context, texts, log_base=self.log_base, batch_size=self.batch_size
-        )
-        self.refs[call] = key
-
-    def poll(self, timeout: float) -> list[ScoreFinished]:  # type: ignore[override]
-        return cast(list[ScoreFinished], super().poll(timeout))
+    return LocalPool([FunctionScorer(partial(fn, k)) for k in range(n)])
 
 
 def needs_scores(outcome: VectorOutcome) -> bool:
@@ -91,10 +72,18 @@ def needs_scores(outcome: VectorOutcome) -> bool:
 
 
 class Scoring:
-    """Queues held outcomes for a :class:`ScorePool`; see the module docstring."""
+    """Queues held outcomes for a pool of scorers; see the module docstring."""
 
-    def __init__(self, pool: ScorePool, *, max_items: int = 16, max_attempts: int = 3) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        settings: ScoreSettings | None = None,
+        *,
+        max_items: int = 16,
+        max_attempts: int = 3,
+    ) -> None:
         self.pool = pool
+        self.settings = settings or ScoreSettings()
         self.max_items = max_items
         self.max_attempts = max_attempts
         self.pending: deque[VectorOutcome] = deque()
@@ -123,14 +112,15 @@ class Scoring:
                     if g.unsteered not in self.cache:
                         texts[g.unsteered] = None
             self.running[key] = (items, list(texts))
-            self.pool.score(key, list(texts))
+            self.pool.submit(key, _score, (list(texts), self.settings), "score")
 
     def collect(self, timeout: float = 0.0) -> list[tuple[str, list[TransferRow], str | None]]:
         """Scored outcomes: ``(vector_id, rows, error)``."""
         out: list[tuple[str, list[TransferRow], str | None]] = []
         if not self.running:
             return out
-        for key, result in self.pool.poll(timeout):
+        for done in self.pool.poll(timeout):
+            key, result = done.key, done.value
             items, texts = self.running.pop(key)
             if isinstance(result, WorkerLost):
                 for o in reversed(items):

@@ -97,6 +97,14 @@ class ModelConfig(_Strict):
     cpus_per_actor: float = Field(1.0, gt=0)
     torch_threads: int | None = Field(None, ge=1)
     max_batch_jobs: int = Field(16, ge=1)
+    # Assignments each actor holds, running and in its inbox (default: twice
+    # max_batch_jobs, enough to refill every row once; with engine "batch",
+    # max_batch_jobs).
+    inbox_depth: int | None = Field(None, ge=1)
+    # "stream": one resident engine per actor, outcomes out as they finish;
+    # "batch": the protocol before it, one batch per call and all outcomes at
+    # its end (kept to compare the two; see bench/stream_bench.py).
+    engine: Literal["stream", "batch"] = "stream"
     # How Ray places the actors: "default" (Ray's own policy, which favours
     # nodes already in use) or "spread" (Ray's SPREAD: across nodes, so a lost
     # node takes as few actors with it as possible).

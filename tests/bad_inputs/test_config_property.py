@@ -33,7 +33,7 @@ from orchestrator.cli import main
 from orchestrator.run.pools import LocalPool
 from orchestrator.store import open_study
 from workers.models import load_model
-from workers.service.assignments import run_assignments
+from workers.service.stream import StreamingEngine
 
 BASE: dict[str, Any] = {
     "name": "prop",
@@ -135,16 +135,12 @@ _MODELS: dict[str, Any] = {}
 
 
 def in_process_pool(plan: Any) -> LocalPool:
-    """Workers in this process running the real assignments on the real model."""
+    """A streaming worker in this process running the real assignments on the
+    real model."""
     key = f"{plan.model_spec.name}:{plan.model_spec.dtype}"
     if key not in _MODELS:
         _MODELS[key] = load_model(plan.model_spec)
-    lm, cache = _MODELS[key], {}
-
-    def work(_key: int, assignments: list) -> list:
-        return run_assignments(lm, plan.evaluation, assignments, cache, max_batch_jobs=2)
-
-    return LocalPool(work, 1)
+    return LocalPool([StreamingEngine(_MODELS[key], plan.evaluation, max_rows=2)])
 
 
 def outcome(overrides: list[tuple[str, str]], capsys: Any) -> str | None:

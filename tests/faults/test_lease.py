@@ -17,7 +17,7 @@ from store.factories import make_bucket, set_fake_aws_env
 from sweep_helpers import FakeWorker, StudyThread, audit, tiny_config, wait_for_trials
 
 from orchestrator.cli import main
-from orchestrator.run.pools import LocalPool
+from orchestrator.run.pools import LocalPool, local_batch_pool
 from orchestrator.run.preflight import prepare
 from orchestrator.run.runner import run_study
 from orchestrator.store import (
@@ -43,7 +43,7 @@ def root(request: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def pool(cfg: Any, delay: float = 0.05, n: int = 2) -> LocalPool:
-    return LocalPool(FakeWorker([e.id for e in prepare(cfg).transfer], delay=delay), n)
+    return local_batch_pool(FakeWorker([e.id for e in prepare(cfg).transfer], delay=delay), n)
 
 
 def slow(root: str, n_trials: int, **extra: Any) -> Any:

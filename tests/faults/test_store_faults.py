@@ -26,7 +26,7 @@ from sweep_helpers import (
 
 from orchestrator.cli import main
 from orchestrator.run.committer import StoreUnavailable
-from orchestrator.run.pools import LocalPool
+from orchestrator.run.pools import LocalPool, local_batch_pool
 from orchestrator.run.preflight import prepare
 from orchestrator.run.runner import run_study
 from orchestrator.store import StoreWriteError, load_study_config, open_study
@@ -34,7 +34,7 @@ from orchestrator.store import StoreWriteError, load_study_config, open_study
 
 def local_pool(cfg: Any, delay: float = 0.05, n: int = 2) -> LocalPool:
     worker = FakeWorker([e.id for e in prepare(cfg).transfer], delay=delay)
-    return LocalPool(worker, n)
+    return local_batch_pool(worker, n)
 
 
 def empty_and_delete(client: Any, bucket: str) -> None:
@@ -122,7 +122,7 @@ def test_a_bucket_that_stays_gone_stops_the_study(
     def pool_after_emptying(plan: Any) -> LocalPool:
         worker = FakeWorker([e.id for e in plan.transfer], delay=0.1)
         empty_and_delete(client, bucket)  # after the checks, before the first trial
-        return LocalPool(worker, 2)
+        return local_batch_pool(worker, 2)
 
     use_local_pool(monkeypatch, pool_after_emptying)
     code = main(["-q", "run", str(path)])

@@ -153,20 +153,23 @@ def trials_done(root: str, study: str) -> int:
 
 
 def batches_run(caplog: Any, study: str) -> dict[int, tuple[int, bool]]:
-    """Per actor index: (batches it ran, ready at the end), from RayPool.shutdown's log."""
-    out = {}
+    """Per actor index: (outcomes it returned, ready at the end), from the
+    driver's count per actor and RayPool.shutdown's log."""
+    ready: dict[int, bool] = {}
+    returned: dict[int, int] = {}
     for record in caplog.records:
-        m = re.fullmatch(
-            rf"SteeringWorker:[^:]+:{re.escape(study)}:(\d+):\w+: (\d+) batches(.*)",
-            record.getMessage(),
-        )
+        message = record.getMessage()
+        m = re.fullmatch(rf"SteeringWorker:[^:]+:{re.escape(study)}:(\d+):\w+: (.*)", message)
         if m:
-            out[int(m.group(1))] = (int(m.group(2)), "not ready" not in m.group(3))
-    return out
+            ready[int(m.group(1))] = "not ready" not in m.group(2)
+        m = re.fullmatch(r"actor (\d+): \d+ assignments sent, (\d+) outcomes back", message)
+        if m:
+            returned[int(m.group(1))] = int(m.group(2))
+    return {i: (returned.get(i, 0), r) for i, r in ready.items()}
 
 
 def test_spread_actors_and_a_node_lost_mid_study(make_cluster, tmp_path, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="orchestrator.run.pools")
+    caplog.set_level(logging.INFO, logger="orchestrator.run")
     # Room for two actors on each node: one per node is the placement's doing.
     cluster = make_cluster(3, per_node=2)
     workers = {node.node_id: node for node in cluster.worker_nodes}
@@ -211,7 +214,7 @@ def test_spread_actors_and_a_node_lost_mid_study(make_cluster, tmp_path, caplog)
 
 
 def test_a_node_added_mid_study_gets_used(make_cluster, tmp_path, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="orchestrator.run.pools")
+    caplog.set_level(logging.INFO, logger="orchestrator.run")
     cluster = make_cluster(1)  # room for one of the two actors
     [first_node] = cluster.worker_nodes
     root, name, n_trials = str(tmp_path / "store"), "addnode", 12

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sweep_helpers import FakeWorker, audit, tiny_config
 
-from orchestrator.run.pools import LocalPool
+from orchestrator.run.pools import local_batch_pool
 from orchestrator.run.preflight import prepare
 from orchestrator.run.runner import run_study
 from orchestrator.store import open_study
@@ -14,7 +14,7 @@ from orchestrator.store import open_study
 def fake_pool(cfg, lose_first=0, n=3, seed=0):
     plan = prepare(cfg)
     worker = FakeWorker([e.id for e in plan.transfer], lose_first=lose_first, seed=seed)
-    return LocalPool(worker, n), worker
+    return local_batch_pool(worker, n), worker
 
 
 def test_all_trials_told_once_with_lost_workers(tmp_path) -> None:

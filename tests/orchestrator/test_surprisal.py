@@ -8,10 +8,10 @@ import math
 import pytest
 from sweep_helpers import FakeWorker, audit, study_dict, tiny_config
 
-from orchestrator.run.pools import LocalPool
+from orchestrator.run.pools import local_batch_pool
 from orchestrator.run.preflight import prepare
 from orchestrator.run.runner import run_study
-from orchestrator.run.surprisal import LocalScorePool
+from orchestrator.run.surprisal import local_score_pool
 from orchestrator.store import open_study
 from orchestrator.study.config import ConfigError, parse_config
 from orchestrator.study.objectives import Objective
@@ -70,7 +70,10 @@ def test_driver_routes_generations_to_the_second_pool(tmp_path, tiny_llama) -> N
 
     worker = GeneratingWorker([e.id for e in plan.transfer])
     summary = run_study(
-        cfg, pool=LocalPool(worker, 2), scorer=LocalScorePool(score, 2), show_progress=False
+        cfg,
+        pool=local_batch_pool(worker, 2),
+        scorer=local_score_pool(score, 2),
+        show_progress=False,
     )
     assert summary.states == {"COMPLETE": 5}
     audit(root, "tiny", 5, 2, Objective(**objective))

@@ -28,7 +28,7 @@ from store.factories import (
 from sweep_helpers import FakeWorker, audit, tiny_config
 
 from orchestrator.cli import main
-from orchestrator.run.pools import LocalPool
+from orchestrator.run.pools import local_batch_pool
 from orchestrator.run.preflight import model_spec, prepare
 from orchestrator.run.runner import run_study
 from orchestrator.study.config import ModelConfig, parse_config
@@ -115,7 +115,7 @@ def test_env_credentials_reach_no_stored_byte_and_no_log(
 
     cfg = tiny_config(s3_root, name="secrets", n_trials=3)
     plan = prepare(cfg)
-    pool = LocalPool(FakeWorker([e.id for e in plan.transfer]), 2)
+    pool = local_batch_pool(FakeWorker([e.id for e in plan.transfer]), 2)
     client = boto3.client("s3", endpoint_url=moto_endpoint)
     bucket = s3_root.split("/")[2]
     with caplog.at_level(logging.DEBUG):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -75,6 +76,8 @@ class EngineStats:
     out_of_memory: int = 0
     paused: int = 0
     prefix_reuse: bool = False
+    step_s: float = 0.0  # wall time in steps
+    busy_row_s: float = 0.0  # sum over steps of running jobs x the step's seconds
 
     @property
     def occupancy(self) -> float:
@@ -138,10 +141,23 @@ def optimize(
     if len(set(ids)) != len(ids):
         raise JobError("job ids must be unique within one optimize() call")
     encoded = [encode_job(lm, job) for job in jobs]
-    engine = _Engine(lm, max_batch_jobs, token_budget, prefix_reuse, fault, seed)
-    if stats is not None:
-        engine.stats = stats
-    return engine.run(encoded, progress)
+    engine = Engine(
+        lm,
+        max_rows=max_batch_jobs,
+        token_budget=token_budget,
+        prefix_reuse=prefix_reuse,
+        fault=fault,
+        seed=seed,
+        stats=stats,
+    )
+    engine.add(encoded)
+    results: dict[str, VectorResult] = {}
+    while not engine.idle:
+        for res in engine.step():
+            results[res.job_id] = res
+            if progress is not None:
+                progress(len(results), len(ids))
+    return [results[i] for i in ids]
 
 
 @dataclass
@@ -159,58 +175,119 @@ class _Statics:
     real_tokens: int
 
 
-class _Engine:
+class Engine:
+    """The optimizer as a resident loop: :meth:`add` jobs at any time, and each
+    :meth:`step` runs one step of the admitted jobs and returns the results of
+    those that stopped. :func:`optimize` is one engine run over a fixed set of
+    jobs; a streaming worker keeps one engine for its whole life.
+
+    ``max_rows`` caps the jobs of a step (``None``: all admitted jobs); every
+    counter goes to ``stats``.
+    """
+
     def __init__(
         self,
         lm: LoadedModel,
-        max_rows: int | None,
-        token_budget: int | None,
-        prefix_reuse: bool,
-        fault: FaultFn | None,
-        seed: int,
+        *,
+        max_rows: int | None = None,
+        token_budget: int | None = None,
+        prefix_reuse: bool = True,
+        fault: FaultFn | None = None,
+        seed: int = 0,
+        stats: EngineStats | None = None,
     ) -> None:
         self.lm = lm
         self.sched = Scheduler(token_budget=token_budget, max_rows=max_rows, seed=seed)
         self.fault = fault
-        self.stats = EngineStats()
+        self.stats = stats if stats is not None else EngineStats()
         self.reuse = prefix_reuse and block_output_format(lm) is not None
+        self.stats.prefix_reuse = self.reuse
         self.pad_id = int(lm.tokenizer.pad_token_id or 0)
         self._static: _Statics | None = None
+        self.jobs: dict[str, _Job] = {}  # admitted or waiting, not yet stopped
+        self.bank = SlotBank(lm.d_model, 0, lm.device)
+        self._added = 0  # jobs ever added: the rows of a step when max_rows is None
 
-    def run(self, encoded: list[EncodedJob], progress: ProgressFn | None) -> list[VectorResult]:
-        jobs = {e.job.job_id: _Job(e, self.lm.n_layers) for e in encoded}
-        R = max((j.rank for j in jobs.values()), default=0)
-        self.bank = SlotBank(self.lm.d_model, R, self.lm.device)
-        self.stats.prefix_reuse = self.reuse
-        self.sched.add(j.request() for j in jobs.values())
-        capacity = self.sched.max_rows or max(len(jobs), 1)
-        done = 0
-        while not self.sched.idle:
-            self.sched.admit()
-            running = [jobs[r.key] for r in self.sched.running]
-            for j in running:
-                if j.slot is None:
-                    j.slot = self.bank.take(j.enc.job, j.bound, j.rank)
-            try:
-                if self.fault is not None:
-                    self.fault([j.enc.job.job_id for j in running])
-                finished = self._step(running)
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                self._out_of_memory(running, exc)
-                finished = [j for j in running if j.state.reason == "out_of_memory"]
-            else:
-                self.stats.steps += 1
-                self.stats.vector_steps += len(running)
-                self.stats.slot_steps += capacity
-            for job in finished:
-                self.sched.finish(job.enc.job.job_id)
-                self._retire(job)
-                done += 1
-                if progress is not None:
-                    progress(done, len(jobs))
-        return [self._result(jobs[e.job.job_id]) for e in encoded]
+    @property
+    def idle(self) -> bool:
+        """No job waits or runs."""
+        return self.sched.idle
+
+    @property
+    def running(self) -> list[str]:
+        """Ids of the jobs admitted to the batch (the rows in use)."""
+        return [r.key for r in self.sched.running]
+
+    @property
+    def waiting(self) -> int:
+        return len(self.sched.waiting)
+
+    def add(self, encoded: Sequence[EncodedJob]) -> None:
+        """Queue jobs; they are admitted as rows free up.
+
+        Raises:
+            JobError: a job id is already in the engine.
+        """
+        new = [_Job(e, self.lm.n_layers) for e in encoded]
+        ids = [j.enc.job.job_id for j in new]
+        taken = [i for i in ids if i in self.jobs]
+        if taken or len(set(ids)) != len(ids):
+            raise JobError(f"job ids must be unique in one engine: {sorted(set(taken))[:5]}")
+        if self.bank.grow_rank(max((j.rank for j in new), default=0)):
+            self._static = None
+        self.jobs.update(zip(ids, new, strict=True))
+        self._added += len(new)
+        self.sched.add(j.request() for j in new)
+
+    def step(self) -> list[VectorResult]:
+        """Admit waiting jobs while they fit, run one step of the batch, and
+        return the results of the jobs that stopped (their rows are free)."""
+        if self.sched.idle:
+            return []
+        self.sched.admit()
+        running = [self.jobs[r.key] for r in self.sched.running]
+        for j in running:
+            if j.slot is None:
+                j.slot = self.bank.take(j.enc.job, j.bound, j.rank)
+        capacity = self.sched.max_rows or max(self._added, 1)
+        t0 = time.perf_counter()
+        try:
+            if self.fault is not None:
+                self.fault([j.enc.job.job_id for j in running])
+            finished = self._step(running)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            self._out_of_memory(running, exc)
+            finished = [j for j in running if j.state.reason == "out_of_memory"]
+        else:
+            self.stats.steps += 1
+            self.stats.vector_steps += len(running)
+            self.stats.slot_steps += capacity
+        dt = time.perf_counter() - t0
+        self.stats.step_s += dt
+        self.stats.busy_row_s += len(running) * dt
+        results = []
+        for job in finished:
+            job_id = job.enc.job.job_id
+            self.sched.finish(job_id)
+            self._retire(job)
+            results.append(self._result(job))
+            del self.jobs[job_id]
+        return results
+
+    def evict(self, job_ids: Sequence[str]) -> list[EncodedJob]:
+        """Take jobs out of the engine (running or waiting), freeing their rows;
+        returns them as they were encoded, to be run again some other way."""
+        out = []
+        for job_id in job_ids:
+            j = self.jobs.pop(job_id)
+            self.sched.remove(job_id)
+            if j.slot is not None:
+                self.bank.release(j.slot)
+            out.append(j.enc)
+        self._static = None
+        return out
 
     def _retire(self, j: _Job) -> None:
         """Copy a stopped job's parameters off the device and free its slot."""

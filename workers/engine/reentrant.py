@@ -45,12 +45,8 @@ class ReentrantResult:
     decoded: list[int]
 
 
-def optimize_reentrant(lm: LoadedModel, jobs: Sequence[ReentrantJob]) -> list[ReentrantResult]:
-    """Run Algorithm 1 for every job. See :class:`ReentrantJob`.
-
-    Raises:
-        JobError: a stage-one job does not have exactly one prompt, or a stage is malformed.
-    """
+def check_reentrant(jobs: Sequence[ReentrantJob]) -> None:
+    """Raises ``JobError`` for a stage one without exactly one prompt, or no tokens."""
     for rj in jobs:
         if len(rj.stage1.prompts) != 1:
             raise JobError(
@@ -58,7 +54,27 @@ def optimize_reentrant(lm: LoadedModel, jobs: Sequence[ReentrantJob]) -> list[Re
             )
         if rj.n_tokens < 1:
             raise JobError(f"job '{rj.stage1.job_id}': reentrant n_tokens must be >= 1")
+
+
+def optimize_reentrant(lm: LoadedModel, jobs: Sequence[ReentrantJob]) -> list[ReentrantResult]:
+    """Run Algorithm 1 for every job. See :class:`ReentrantJob`.
+
+    Raises:
+        JobError: a stage-one job does not have exactly one prompt, or a stage is malformed.
+    """
+    check_reentrant(jobs)
     stage1 = optimize(lm, [rj.stage1 for rj in jobs])
+    stage2_jobs, decoded = stage_two(lm, jobs, stage1)
+    stage2 = optimize(lm, stage2_jobs)
+    return [ReentrantResult(s1, s2, d) for s1, s2, d in zip(stage1, stage2, decoded, strict=True)]
+
+
+def stage_two(
+    lm: LoadedModel, jobs: Sequence[ReentrantJob], stage1: Sequence[VectorResult]
+) -> tuple[list[VectorJob], list[list[int]]]:
+    """The stage-two jobs of ``jobs`` given their stage-one results: the teacher
+    distributions under stage one along the decoded (or target) tokens become
+    each stage two's KL term. Also returns the decoded tokens."""
     prompts = [lm.encode_prompt(rj.stage1.prompts[0].prompt) for rj in jobs]
     rows = VectorRows(
         lm,
@@ -116,5 +132,4 @@ def optimize_reentrant(lm: LoadedModel, jobs: Sequence[ReentrantJob]) -> list[Re
             jobs, seqs, prompts, positions, teachers, strict=True
         )
     ]
-    stage2 = optimize(lm, stage2_jobs)
-    return [ReentrantResult(s1, s2, d) for s1, s2, d in zip(stage1, stage2, decoded, strict=True)]
+    return stage2_jobs, decoded

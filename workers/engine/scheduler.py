@@ -121,6 +121,11 @@ class Scheduler:
                 return
         raise SchedulerError(f"job '{key}' is not running")
 
+    def remove(self, key: str) -> None:
+        """Forget a job, running or waiting (it is run elsewhere)."""
+        self.running = [r for r in self.running if r.key != key]
+        self.waiting = [w for w in self.waiting if w.request.key != key]
+
     @property
     def idle(self) -> bool:
         return not self.waiting and not self.running

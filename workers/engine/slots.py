@@ -72,5 +72,26 @@ class SlotBank:
         self.mask[slot] = grad_mask(job, self.d, self.R).to(self.device)
         return slot
 
+    def grow_rank(self, R: int) -> bool:
+        """Make room for affine factors of rank ``R`` (jobs keep their slots and
+        state; a wider layout only adds unused, zero factor rows). Returns
+        whether the layout changed."""
+        if R <= self.R:
+            return False
+        old = self.R
+
+        def wider(t: Tensor) -> Tensor:
+            out = t.new_zeros(t.shape[0], 1 + 2 * R, t.shape[2])
+            out[:, 0] = t[:, 0]
+            out[:, 1 : 1 + old] = t[:, 1 : 1 + old]
+            out[:, 1 + R : 1 + R + old] = t[:, 1 + old : 1 + 2 * old]
+            return out
+
+        self.params, self.m, self.v, self.mask = (
+            wider(t) for t in (self.params, self.m, self.v, self.mask)
+        )
+        self.R = R
+        return True
+
     def release(self, slot: int) -> None:
         self.free.append(slot)

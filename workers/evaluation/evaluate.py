@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from workers.evaluation.judges import ContainsAny, Judge, LacksAll
 from workers.evaluation.transfer import (
+    Decoded,
     Generation,
+    PrefixCache,
     TransferRow,
     choice_flips,
     generations,
@@ -36,6 +38,7 @@ class EvalSpec:
     judge_contains_any: tuple[str, ...] = ()
     judge_lacks_all: tuple[str, ...] = ()
     generation_tokens: int = 24
+    keep_generations: int = 0  # also generate on the first N held-out examples of every vector
     coldness: float = 0.7
     log_base: float = 10.0
     max_kl: float = 0.1
@@ -43,12 +46,26 @@ class EvalSpec:
     max_targets: int | None = None  # score at most this many targets per held-out example
 
 
+@dataclass
+class EvalCache:
+    """What a worker keeps between evaluations, none of it depending on a
+    vector: unsteered target log-probabilities per (example, coldness), the
+    unsteered states below each steering layer per (example, layer), and
+    unsteered greedy continuations per (example, tokens)."""
+
+    unsteered: dict[tuple[str, float], list[float]] = field(default_factory=dict)
+    prefixes: PrefixCache = field(default_factory=PrefixCache)
+    plain: dict[tuple[str, int], Decoded] = field(default_factory=dict)
+
+
 def evaluate(
     lm: LoadedModel,
     spec: EvalSpec,
     vectors: list[SteeringVector],
-    cache: dict[tuple[str, float], list[float]] | None = None,
+    cache: EvalCache | None = None,
 ) -> tuple[list[TransferRow], list[Generation]]:
+    """Every metric of ``spec`` for ``vectors`` on its held-out examples."""
+    cache = cache if cache is not None else EvalCache()
     rows: list[TransferRow] = []
     gens: list[Generation] = []
     if not vectors:
@@ -64,13 +81,24 @@ def evaluate(
             coldness=spec.coldness,
             log_base=spec.log_base,
             batch_size=spec.batch_size,
-            unsteered_cache=cache,
+            unsteered_cache=cache.unsteered,
+            prefix_cache=cache.prefixes,
         )
     if "choice_flip" in spec.metrics:
         rows += choice_flips(lm, vectors, examples, batch_size=spec.batch_size)
-    if "judge" in spec.metrics or "surprisal" in spec.metrics:
+    # Judges and the surprisal model read every held-out example's text; a
+    # study without them still keeps the first ``keep_generations`` (the
+    # store's ``generations`` table), so a user sees what a vector says.
+    needs_all = "judge" in spec.metrics or "surprisal" in spec.metrics
+    shown = examples if needs_all else examples[: max(0, spec.keep_generations)]
+    if shown:
         gens = generations(
-            lm, vectors, examples, n_tokens=spec.generation_tokens, batch_size=spec.batch_size
+            lm,
+            vectors,
+            shown,
+            n_tokens=spec.generation_tokens,
+            batch_size=spec.batch_size,
+            plain_cache=cache.plain,
         )
     if "judge" in spec.metrics:
         judges: list[Judge] = []

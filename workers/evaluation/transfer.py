@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ from workers.jobs import (
 )
 from workers.models import LoadedModel
 from workers.steering.encoding import EncodedJob, collate, encode_job, pad_right
-from workers.steering.generate import greedy_decode, next_token_logprobs
+from workers.steering.generate import greedy_decode, next_token_logprobs, stop_reason
 from workers.steering.interventions import BatchSteering
 from workers.steering.losses import final_hidden, logits_at, token_logprobs
 from workers.steering.prefix import assemble, block_output_format, capture_layers, resume, split
@@ -54,76 +55,140 @@ class TransferRow:
 
 
 @dataclass(frozen=True)
+class Decoded:
+    """One decoded continuation: its text (special tokens dropped), how many
+    tokens were generated (the end-of-sequence token not counted) and why it
+    stopped (``eos`` or ``length``)."""
+
+    text: str
+    tokens: int
+    stop: str
+
+
+@dataclass(frozen=True)
 class Generation:
+    """A vector's greedy continuation of one held-out prompt, beside the
+    unsteered model's; ``max_tokens`` is the generation budget both had."""
+
     vector_id: str
     example_id: str
     steered: str
     unsteered: str
+    steered_tokens: int = 0
+    unsteered_tokens: int = 0
+    steered_stop: str = "length"
+    unsteered_stop: str = "length"
+    max_tokens: int = 0
 
 
 def _chunks(n: int, size: int) -> list[range]:
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+class PrefixCache:
+    """Unsteered hidden states entering a block, per (example id, layer), kept
+    across evaluation calls (least recently used first out, up to
+    ``max_bytes``): a worker that evaluates vectors as they finish, a few at a
+    time, computes each example's prefix at each layer once."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, int], Tensor] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple[str, int]) -> Tensor | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: tuple[str, int], value: Tensor) -> None:
+        if key in self._items:
+            self._bytes -= self._items.pop(key).nbytes
+        self._items[key] = value
+        self._bytes += value.nbytes
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.nbytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 @torch.no_grad()
 def _prefixes(
-    lm: LoadedModel, encoded: dict[int, EncodedJob], layers: set[int], batch_size: int
-) -> dict[tuple[int, int], Tensor]:
-    """Unsteered states entering each block in ``layers``, per (key of ``encoded``, layer),
-    from one forward pass per chunk of jobs.
+    lm: LoadedModel,
+    encoded: dict[str, EncodedJob],
+    layers: dict[str, set[int]],
+    batch_size: int,
+    cache: PrefixCache,
+) -> None:
+    """Put into ``cache`` the unsteered states entering each block of
+    ``layers[key]``, per (key of ``encoded``, layer), from one forward pass
+    per chunk of jobs; pairs already cached are not computed again.
 
     They are shared by every vector steering at that layer (prefix reuse)."""
     pad = int(lm.tokenizer.pad_token_id or 0)
-    keys = sorted(encoded)
-    out: dict[tuple[int, int], Tensor] = {}
+    todo = {k: {la for la in layers[k] if cache.get((k, la)) is None} for k in sorted(encoded)}
+    keys = [k for k, missing in todo.items() if missing]
     for chunk in _chunks(len(keys), batch_size):
-        jobs = [encoded[keys[i]] for i in chunk]
+        names = [keys[i] for i in chunk]
+        jobs = [encoded[k] for k in names]
+        wanted = sorted(set().union(*(todo[k] for k in names)))
         batch = collate(jobs, pad, lm.device)
-        states = capture_layers(lm, batch.input_ids, batch.attention_mask, sorted(layers))
+        states = capture_layers(lm, batch.input_ids, batch.attention_mask, wanted)
         lengths = [max(len(s.ids) for s in e.seqs) for e in jobs]
         for layer, at_layer in states.items():
             parts = split(at_layer, [len(e.seqs) for e in jobs], lengths)
-            for i, part in zip(chunk, parts, strict=True):
-                out[(keys[i], layer)] = part
-    return out
+            for name, part in zip(names, parts, strict=True):
+                cache.put((name, layer), part)
 
 
 @torch.no_grad()
 def _target_logprobs(
     lm: LoadedModel,
     encoded: Sequence[EncodedJob],
-    steer: tuple[VectorRows, Sequence[int], Sequence[int]] | None,
+    steer: tuple[VectorRows, Sequence[int], Sequence[str]] | None,
     coldness: float,
     batch_size: int,
+    cache: PrefixCache | None = None,
 ) -> list[list[float]]:
     """Natural-log probability of every target of every encoded job, per job.
 
-    ``steer`` is ``(vectors, vector of each job, example of each job)``: jobs
-    of one example share its token ids, so the blocks below a vector's layer
-    run once per (example, layer) rather than once per pair.
+    ``steer`` is ``(vectors, vector of each job, example id of each job)``:
+    jobs of one example share its token ids, so the blocks below a vector's
+    layer run once per (example, layer) rather than once per pair (and, with
+    ``cache``, once per worker).
     """
     out: list[list[float]] = []
     pad = int(lm.tokenizer.pad_token_id or 0)
     cold = torch.full((len(encoded),), coldness, device=lm.device)
-    cached: dict[tuple[int, int], Tensor] = {}
     reuse = steer is not None and block_output_format(lm) is not None
+    cache = cache if cache is not None else PrefixCache()
     if steer is not None and reuse:
-        pairs, vec_idx, ex_idx = steer
-        firsts = {min(v.layers) for v in pairs.vectors}
-        by_example = {e: encoded[i] for i, e in enumerate(ex_idx)}
-        cached = _prefixes(lm, by_example, firsts, batch_size)
+        pairs, vec_idx, ex_ids = steer
+        by_example = {e: encoded[i] for i, e in enumerate(ex_ids)}
+        layers: dict[str, set[int]] = {e: set() for e in by_example}
+        for v, e in zip(vec_idx, ex_ids, strict=True):
+            layers[e].add(min(pairs.vectors[v].layers))
+        _prefixes(lm, by_example, layers, batch_size, cache)
     for chunk in _chunks(len(encoded), batch_size):
         batch = collate([encoded[i] for i in chunk], pad, lm.device)
         if steer is None:
             hidden = final_hidden(lm, batch.input_ids, batch.attention_mask, None)
         else:
-            pairs, vec_idx, ex_idx = steer
+            pairs, vec_idx, ex_ids = steer
             params, meta = pairs.select([vec_idx[i] for i in chunk])
             bsteer = BatchSteering(params, meta, batch.row_job, positions=batch.positions)
             if reuse:
                 firsts_of = [min(pairs.vectors[vec_idx[i]].layers) for i in chunk]
-                parts = [cached[(ex_idx[i], f)] for i, f in zip(chunk, firsts_of, strict=True)]
-                prefix = assemble(lm, parts, batch.input_ids.shape)
+                parts = [cache.get((ex_ids[i], f)) for i, f in zip(chunk, firsts_of, strict=True)]
+                if any(p is None for p in parts):  # evicted between capture and use
+                    _prefixes(lm, by_example, layers, batch_size, cache)
+                    parts = [
+                        cache.get((ex_ids[i], f)) for i, f in zip(chunk, firsts_of, strict=True)
+                    ]
+                prefix = assemble(lm, [p for p in parts if p is not None], batch.input_ids.shape)
                 row_layer = [
                     f for i, f in zip(chunk, firsts_of, strict=True) for _ in encoded[i].seqs
                 ]
@@ -162,11 +227,13 @@ def target_logprobs(
     log_base: float = 10.0,
     batch_size: int = 32,
     unsteered_cache: dict[tuple[str, float], list[float]] | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> list[TransferRow]:
     """Teacher-forced target log-probabilities, steered against unsteered.
 
     ``unsteered_cache`` (keyed by example id and coldness) lets a long-lived
-    worker compute each example's unsteered values once.
+    worker compute each example's unsteered values once; ``prefix_cache`` the
+    unsteered states below each vector's layer.
 
     Success per target: the example's threshold is met when it has one
     (promote: steered >= threshold; suppress: steered <= threshold), else the
@@ -181,16 +248,18 @@ def target_logprobs(
     for i, values in zip(missing, fresh, strict=True):
         cache[(scored[i].id, coldness)] = values
     unsteered = [cache[(ex.id, coldness)] for ex in scored]
-    pair_enc, vec_idx, pair_ex = [], [], []
+    # A prefix is keyed by the example and its exact token ids (its targets).
+    names = [f"{ex.id}:{hash(tuple(tuple(q.ids) for q in e.seqs))}" for ex, e in zip(scored, base_enc, strict=True)]  # fmt: skip
+    pair_enc, vec_idx, pair_ex, pair_name = [], [], [], []
     for vi, vec in enumerate(vectors):
         for ei, ex in enumerate(scored):
             # Same tokens as the unsteered pass; only the steering settings differ.
             pair_enc.append(dataclasses.replace(base_enc[ei], job=_example_job(ex, vec)))
             vec_idx.append(vi)
             pair_ex.append(ei)
-    steered = _target_logprobs(
-        lm, pair_enc, (VectorRows(lm, vectors), vec_idx, pair_ex), coldness, batch_size
-    )
+            pair_name.append(names[ei])
+    steer = (VectorRows(lm, vectors), vec_idx, pair_name)
+    steered = _target_logprobs(lm, pair_enc, steer, coldness, batch_size, prefix_cache)
     scale = 1.0 / math.log(log_base)
     rows = []
     for values, vi, ei in zip(steered, vec_idx, pair_ex, strict=True):
@@ -274,14 +343,22 @@ def generations(
     *,
     n_tokens: int = 32,
     batch_size: int = 32,
+    plain_cache: dict[tuple[str, int], Decoded] | None = None,
 ) -> list[Generation]:
-    """Greedy steered and unsteered generations for every (vector, example) pair."""
+    """Greedy steered and unsteered generations for every (vector, example) pair.
+
+    ``plain_cache`` keeps unsteered continuations by (example id, tokens)
+    across calls: an example's unsteered generation does not depend on the
+    vector, so it is decoded once per worker and shared by every vector."""
     prompts = [lm.encode_prompt(ex.prompt) for ex in examples]
-    decode = lm.tokenizer.decode
-    plain: list[str] = []
-    for b in _chunks(len(examples), batch_size):
-        outs = greedy_decode(lm, [prompts[i] for i in b], n_tokens)
-        plain += [decode(o, skip_special_tokens=True) for o in outs]
+    cache = {} if plain_cache is None else plain_cache
+    missing = [i for i, ex in enumerate(examples) if (ex.id, n_tokens) not in cache]
+    for b in _chunks(len(missing), batch_size):
+        idx = [missing[i] for i in b]
+        outs = greedy_decode(lm, [prompts[i] for i in idx], n_tokens)
+        for i, o in zip(idx, outs, strict=True):
+            cache[(examples[i].id, n_tokens)] = decoded(lm, o)
+    plain = [cache[(ex.id, n_tokens)] for ex in examples]
     pairs = VectorRows(lm, vectors)
     todo = [(vi, ei) for vi in range(len(vectors)) for ei in range(len(examples))]
     result = []
@@ -290,9 +367,28 @@ def generations(
         steer = pairs.rows([vi for vi, _ in items], [len(prompts[ei]) for _, ei in items])
         outs = greedy_decode(lm, [prompts[ei] for _, ei in items], n_tokens, steer)
         for (vi, ei), o in zip(items, outs, strict=True):
-            text = decode(o, skip_special_tokens=True)
-            result.append(Generation(vectors[vi].vector_id, examples[ei].id, text, plain[ei]))
+            s, u = decoded(lm, o), plain[ei]
+            result.append(
+                Generation(
+                    vectors[vi].vector_id,
+                    examples[ei].id,
+                    s.text,
+                    u.text,
+                    s.tokens,
+                    u.tokens,
+                    s.stop,
+                    u.stop,
+                    n_tokens,
+                )
+            )
     return result
+
+
+def decoded(lm: LoadedModel, tokens: Sequence[int]) -> Decoded:
+    """Text, token count and stop reason of tokens from ``greedy_decode``."""
+    stop = stop_reason(tokens, lm.tokenizer.eos_token_id)
+    n = len(tokens) - (1 if stop == "eos" else 0)
+    return Decoded(lm.tokenizer.decode(list(tokens), skip_special_tokens=True), n, stop)
 
 
 def judged(

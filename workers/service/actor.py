@@ -1,13 +1,18 @@
-"""The Ray actor that keeps one model resident and runs vector assignments.
+"""The Ray actor that keeps one model resident and runs assignments.
 
 ``SteeringWorker`` is a plain class; :func:`remote_worker_class` wraps it with
 ``ray.remote`` and the resources of the study config (the orchestrator's
-``RayPool`` does). Each actor is named ``SteeringWorker:<model>:<study>:<i>`` so the Ray dashboard's Actors page shows
-which model and study it serves, and it exports Prometheus metrics through
-``ray.util.metrics`` (Metrics page / Grafana):
+``RayPool`` does). It is a threaded actor (``max_concurrency``), so ``put``,
+``drain`` and ``info`` are answered while its engine loop runs on a thread of
+its own (:mod:`workers.service.stream`). Each actor is named
+``SteeringWorker:<model>:<study>:<i>`` so the Ray dashboard's Actors page
+shows which model and study it serves, and it exports Prometheus metrics
+through ``ray.util.metrics`` (Metrics page / Grafana):
 
 - ``steer_sweep_vectors_done`` (counter), ``steer_sweep_failures`` (counter)
-- ``steer_sweep_vector_steps_per_s`` and ``steer_sweep_batch_occupancy`` (gauges)
+- ``steer_sweep_vector_steps_per_s``, ``steer_sweep_batch_occupancy`` (rows
+  holding a job over rows, since the first assignment) and
+  ``steer_sweep_eval_share`` (time in held-out evaluation) (gauges)
 """
 
 from __future__ import annotations
@@ -15,20 +20,26 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from workers.engine.loop import EngineStats
-from workers.evaluation.evaluate import EvalSpec
+from workers.evaluation.evaluate import EvalCache, EvalSpec
 from workers.models import ModelSpec, load_model
 from workers.service.assignments import Assignment, VectorOutcome, run_assignments
+from workers.service.stream import BatchWorker, Drained, EngineReport, StreamingEngine
 
 log = logging.getLogger(__name__)
 
+# put, drain and info at once, beside a long-polling drain
+MAX_CONCURRENCY = 4
+
 
 class SteeringWorker:
-    """Loads its model once, then runs batches of :class:`Assignment`."""
+    """Loads its model once; streams assignments through one resident engine
+    (``put``/``drain``), or runs a whole batch per call (``run``)."""
 
     def __init__(
         self,
@@ -38,6 +49,7 @@ class SteeringWorker:
         label: str,
         max_batch_jobs: int = 64,
         torch_threads: int | None = None,
+        streaming: bool = True,
     ) -> None:
         import torch
 
@@ -48,9 +60,14 @@ class SteeringWorker:
         self.lm = load_model(model)
         self.evaluation = evaluation
         self.max_batch_jobs = max_batch_jobs
+        self.streaming = streaming
         self.load_s = time.perf_counter() - started
         self._metrics = _Metrics(label, model.name)
-        self._unsteered: dict[tuple[str, float], list[float]] = {}
+        self._cache = EvalCache()
+        self._stream: StreamingEngine | BatchWorker | None = None
+        self._batch_stats = EngineStats()  # run()'s counters, summed over calls
+        self._model_lock = threading.Lock()  # the stream and run() never share the model
+        self._start_lock = threading.Lock()
         log.info("%s loaded %s in %.1f s", label, model.name, self.load_s)
 
     def __repr__(self) -> str:  # Ray prefixes actor log lines with this
@@ -69,28 +86,57 @@ class SteeringWorker:
             "device": str(self.lm.device),
             "dtype": str(self.lm.dtype).replace("torch.", ""),
             "load_s": self.load_s,
+            "max_rows": self.max_batch_jobs,
         }
 
+    # ------------------------------------------------------------ streaming
+
+    def put(self, assignments: Sequence[Assignment]) -> int:
+        """Add to the engine's inbox; returns the inbox depth."""
+        with self._start_lock:  # put() calls run at once on a threaded actor
+            if self._stream is None:
+                if not self.streaming:  # one batch per call, behind the same contract
+                    self._stream = BatchWorker(
+                        self.run, max_rows=self.max_batch_jobs, stats=self._batch_stats
+                    )
+                    return self._stream.put(assignments)
+                if not self._model_lock.acquire(blocking=False):
+                    raise RuntimeError("a batch run() holds the model; streaming cannot start")
+                self._stream = StreamingEngine(
+                    self.lm,
+                    self.evaluation,
+                    max_rows=self.max_batch_jobs,
+                    on_report=self._metrics.report,
+                    cache=self._cache,
+                )
+        return self._stream.put(assignments)
+
+    def drain(self, timeout: float = 0.5) -> Drained:
+        """The outcomes finished since the last drain (waits up to ``timeout`` s)."""
+        if self._stream is None:
+            time.sleep(min(timeout, 0.05))
+            return Drained([], EngineReport(max_rows=self.max_batch_jobs))
+        return self._stream.drain(timeout)
+
+    # ------------------------------------------------------------ one batch per call
+
     def run(self, assignments: Sequence[Assignment]) -> list[VectorOutcome]:
-        started = time.perf_counter()
-        # One engine run: at most max_batch_jobs rows at a time, a finished
-        # row taking the next assignment (continuous batching).
-        stats = EngineStats()
-        outcomes = run_assignments(
-            self.lm,
-            self.evaluation,
-            assignments,
-            self._unsteered,
-            max_batch_jobs=self.max_batch_jobs,
-            stats=stats,
-        )
-        elapsed = time.perf_counter() - started
-        self._metrics.record(
-            done=sum(o.error is None for o in outcomes),
-            failed=sum(o.error is not None for o in outcomes),
-            steps_per_s=stats.vector_steps / max(elapsed, 1e-9),
-            occupancy=stats.occupancy,
-        )
+        """Optimize and evaluate ``assignments`` as one batch; all outcomes at once."""
+        with self._model_lock:
+            started = time.perf_counter()
+            stats = self._batch_stats
+            steps_before = stats.vector_steps
+            outcomes = run_assignments(
+                self.lm,
+                self.evaluation,
+                assignments,
+                self._cache,
+                max_batch_jobs=self.max_batch_jobs,
+                stats=stats,
+            )
+            elapsed = time.perf_counter() - started
+        rate = (stats.vector_steps - steps_before) / max(elapsed, 1e-9)
+        self._metrics.batch(outcomes, rate, stats.occupancy)
         return outcomes
 
     def surprisal(
@@ -105,9 +151,10 @@ class SteeringWorker:
         actor's model (the base model of §2.2): ``transfer.surprisal_per_token``."""
         from workers.evaluation.transfer import surprisal_per_token
 
-        return surprisal_per_token(
-            self.lm, context, texts, log_base=log_base, batch_size=batch_size
-        )
+        with self._model_lock:
+            return surprisal_per_token(
+                self.lm, context, texts, log_base=log_base, batch_size=batch_size
+            )
 
 
 class _Metrics:
@@ -115,6 +162,8 @@ class _Metrics:
 
     def __init__(self, label: str, model: str) -> None:
         self.tags = {"actor": label, "model": model}
+        self.started = time.perf_counter()
+        self._seen = (0, 0)  # vectors and failures already counted
         try:
             from ray.util import metrics
 
@@ -124,26 +173,51 @@ class _Metrics:
             self.rate = metrics.Gauge(
                 "steer_sweep_vector_steps_per_s", "optimizer vector-steps/s", keys
             )
-            self.occupancy = metrics.Gauge("steer_sweep_batch_occupancy", "batch fill, 0-1", keys)
+            self.occupancy = metrics.Gauge(
+                "steer_sweep_batch_occupancy", "rows holding a job over rows, 0-1", keys
+            )
+            self.eval_share = metrics.Gauge(
+                "steer_sweep_eval_share", "share of time in held-out evaluation, 0-1", keys
+            )
             self.enabled = True
         except Exception:  # noqa: BLE001 - metrics are optional outside a Ray worker
             self.enabled = False
 
-    def record(self, *, done: int, failed: int, steps_per_s: float, occupancy: float) -> None:
+    def report(self, r: EngineReport) -> None:
         if not self.enabled:
             return
+        span = max(time.perf_counter() - self.started, 1e-9)
+        done, failed = self._seen
+        if r.vectors > done:
+            self.done.inc(r.vectors - done, tags=self.tags)
+        if r.failed > failed:
+            self.failed.inc(r.failed - failed, tags=self.tags)
+        self._seen = (r.vectors, r.failed)
+        self.rate.set(r.vector_steps / max(r.step_s + r.eval_s, 1e-9), tags=self.tags)
+        self.occupancy.set(r.busy_row_s / max(r.max_rows * span, 1e-9), tags=self.tags)
+        self.eval_share.set(r.eval_s / span, tags=self.tags)
+
+    def batch(self, outcomes: list[VectorOutcome], steps_per_s: float, occupancy: float) -> None:
+        if not self.enabled:
+            return
+        done = sum(o.error is None for o in outcomes)
         if done:
             self.done.inc(done, tags=self.tags)
-        if failed:
-            self.failed.inc(failed, tags=self.tags)
+        if len(outcomes) > done:
+            self.failed.inc(len(outcomes) - done, tags=self.tags)
         self.rate.set(steps_per_s, tags=self.tags)
         self.occupancy.set(occupancy, tags=self.tags)
 
 
 def remote_worker_class(num_cpus: float, num_gpus: float) -> Any:
-    """``ray.remote(SteeringWorker)`` with the given resources; restarts on crash."""
+    """``ray.remote(SteeringWorker)`` with the given resources, threaded, restarted on crash."""
     import ray
 
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0)(
-        SteeringWorker
-    )
+    options: dict[str, Any] = {
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        "max_restarts": -1,
+        "max_task_retries": 0,
+        "max_concurrency": MAX_CONCURRENCY,
+    }
+    return ray.remote(**options)(SteeringWorker)

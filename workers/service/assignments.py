@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from workers.engine.loop import EngineStats, optimize
 from workers.engine.reentrant import ReentrantJob, optimize_reentrant
-from workers.evaluation.evaluate import EvalSpec, evaluate
+from workers.evaluation.evaluate import EvalCache, EvalSpec, evaluate
 from workers.evaluation.transfer import Generation, TransferRow
 from workers.jobs import VectorJob, VectorResult
 from workers.models import LoadedModel
@@ -50,6 +50,7 @@ class VectorOutcome:
     error: str | None = None
     optimize_s: float = 0.0
     evaluate_s: float = 0.0
+    finished_at: float | None = None  # wall clock (time.time()) when the outcome was ready
 
 
 def _optimize_isolated(
@@ -94,7 +95,7 @@ def run_assignments(
     lm: LoadedModel,
     spec: EvalSpec,
     assignments: Sequence[Assignment],
-    cache: dict[tuple[str, float], list[float]] | None = None,
+    cache: EvalCache | None = None,
     max_batch_jobs: int | None = None,
     stats: EngineStats | None = None,
 ) -> list[VectorOutcome]:
@@ -102,7 +103,7 @@ def run_assignments(
 
     At most ``max_batch_jobs`` vectors are optimized at once (continuous
     batching: a finished row takes the next assignment). ``cache`` keeps
-    unsteered values between calls (see ``target_logprobs``); ``stats``
+    what evaluation can reuse between calls (:class:`EvalCache`); ``stats``
     receives the engine's counters (steps, occupancy)."""
     outcomes = {a.vector_id: VectorOutcome(a.vector_id, a.trial, a.example_id) for a in assignments}
     valid = []

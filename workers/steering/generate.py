@@ -67,6 +67,30 @@ def next_token_logprobs(
     ]
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How :func:`decode` picks each token: greedy when ``temperature`` is 0,
+    else a draw from ``softmax(logits / temperature)`` with ``generator``
+    (seeded by the caller, so a draw is reproducible)."""
+
+    temperature: float = 0.0
+    generator: torch.Generator | None = None
+
+    def pick(self, logits: Tensor) -> Tensor:
+        if self.temperature <= 0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+
+
+GREEDY = Sampling()
+
+
+def stop_reason(tokens: Sequence[int], eos: int | None) -> str:
+    """``eos`` when a decoded row ended on the end-of-sequence token, else ``length``."""
+    return "eos" if tokens and eos is not None and tokens[-1] == eos else "length"
+
+
 @torch.no_grad()
 def greedy_decode(
     lm: LoadedModel,
@@ -75,14 +99,17 @@ def greedy_decode(
     steer: RowSteering | None = None,
     stop_at_eos: bool = True,
     kv_cache: bool = True,
+    sampling: Sampling = GREEDY,
 ) -> list[list[int]]:
-    """Greedily decode up to ``n_tokens`` after each prompt (token ids), steering each row.
+    """Decode up to ``n_tokens`` after each prompt (token ids), steering each row;
+    greedy unless ``sampling`` says otherwise.
 
-    Returns only the new tokens. A row stops early at EOS when ``stop_at_eos``.
+    Returns only the new tokens. A row stops early at EOS when ``stop_at_eos``
+    (the EOS token is then the row's last token; see :func:`stop_reason`).
     """
     if kv_cache:
         try:
-            return _decode_cached(lm, prompts, n_tokens, steer, stop_at_eos)
+            return _decode_cached(lm, prompts, n_tokens, steer, stop_at_eos, sampling)
         except _NoCache:
             pass
     seqs = [list(p) for p in prompts]
@@ -94,7 +121,7 @@ def greedy_decode(
         hidden = final_hidden(lm, ids, attn, steer.bind(attn) if steer else None)
         last = torch.tensor([len(s) - 1 for s in seqs], device=lm.device)
         logits = logits_at(lm, hidden[torch.arange(len(seqs), device=lm.device), last])
-        for i, tok in enumerate(logits.argmax(dim=-1).tolist()):
+        for i, tok in enumerate(sampling.pick(logits).tolist()):
             if not done[i]:
                 seqs[i].append(int(tok))
         _collect(new, done, seqs, lm.tokenizer.eos_token_id, stop_at_eos)
@@ -131,6 +158,7 @@ def _decode_cached(
     n_tokens: int,
     steer: RowSteering | None,
     stop_at_eos: bool,
+    sampling: Sampling,
 ) -> list[list[int]]:
     from transformers import DynamicCache
 
@@ -154,7 +182,7 @@ def _decode_cached(
         every = [1.0 if sel.mode == "all" else 0.0 for sel in steer.selections]
         all_tokens = torch.tensor(every, device=device)[:, None]  # (S, 1)
     for t in range(n_tokens):
-        picks = logits.argmax(dim=-1)
+        picks = sampling.pick(logits)
         for i, tok in enumerate(picks.tolist()):
             if not done[i]:
                 seqs[i].append(int(tok))
