@@ -82,6 +82,55 @@ def _optimize_args(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=C.cmd_optimize)
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _try_args(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "try",
+        help="apply a stored vector to prompts: steered and unsteered text",
+        description=(
+            "Load the study's model, apply a stored vector as it was trained (intervention, "
+            "layers, token selection) and print the steered and unsteered continuations of "
+            "each prompt (greedy unless --temperature). Without --prompt or --file, the "
+            "study's first held-out prompts. With --vector FILE.safetensors, no study: the "
+            "file's vector is added at --layer for --model."
+        ),
+    )
+    p.add_argument("study", nargs="?", help="study name (not with --vector)")
+    p.add_argument("vector_id", nargs="?", help="the vector to apply (or --best N)")
+    p.add_argument("--root", help="store root: a folder, file:///path or s3://bucket/prefix")
+    p.add_argument("--config", help="read the store root from this study YAML instead")
+    p.add_argument("--endpoint-url", help="S3 endpoint (MinIO, Ceph); else AWS_ENDPOINT_URL")
+    p.add_argument("--best", type=_count, default=None, help="the N best vectors, in turn")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--file", type=Path, default=None, help="prompts, one per line")
+    p.add_argument("--raw", action="store_true", help="prompts verbatim, no chat template")
+    p.add_argument(
+        "--examples", type=_count, default=3, help="held-out prompts when none are given"
+    )
+    p.add_argument("--scale", type=_finite, default=1.0, help="multiply the vector; -1 negates")
+    p.add_argument(
+        "--tokens", type=_count, default=None, help="tokens to generate (default: the study's)"
+    )
+    p.add_argument("--temperature", type=_finite, default=0.0, help="0: greedy; >0 samples")
+    p.add_argument("--seed", type=int, default=0, help="the sampling seed")
+    p.add_argument("--json", action="store_true", help="one JSON object per vector")
+    p.add_argument("--vector", type=Path, default=None, help="a safetensors file instead")
+    p.add_argument("--layer", type=int, default=None, help="with --vector: the layer")
+    p.add_argument("--model", default=None, help="with --vector: the model (else the study's)")
+    p.add_argument("--dtype", default=None, help="default: the study's, else auto")
+    p.add_argument("--device", default=None, help="default: auto (a GPU if there is one)")
+    p.set_defaults(func=C.cmd_try)
+
+
 def _change_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--extend",
@@ -179,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=C.cmd_submit)
 
     _optimize_args(sub)
+    _try_args(sub)
     return parser
 
 

@@ -349,3 +349,109 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         save_file({"vector": res.vector}, str(out), metadata=meta)
         print(f"wrote {out}")
     return EXIT_OK
+
+
+def cmd_try(args: argparse.Namespace) -> int:
+    """``steer-sweep try``: see :mod:`orchestrator.apply`. Every check that
+    needs no model runs before the model loads."""
+    from dataclasses import asdict
+
+    from orchestrator import apply as A
+    from workers.jobs import chat
+
+    if args.temperature < 0:
+        raise BadInput(f"--temperature must be 0 (greedy) or more, got {args.temperature:g}")
+    _check_device(args.dtype, args.device)
+    prompts: list[tuple[str, Any]] = []
+    texts = list(args.prompt)
+    if args.file is not None:
+        if not args.file.is_file():
+            raise BadInput(f"--file {args.file}: no such file")
+        texts += [line for line in args.file.read_text().splitlines() if line.strip()]
+        if not texts:
+            raise BadInput(f"--file {args.file} holds no prompts (one per line)")
+    if any(not t.strip() for t in texts):
+        raise BadInput("a --prompt is empty")
+    prompts = [(str(i), t if args.raw else chat(t)) for i, t in enumerate(texts)]
+    study = None
+    if args.vector is not None:
+        if args.study and args.vector_id:
+            raise BadInput("--vector takes the vector from a file: name no study")
+        if args.best:
+            raise BadInput("--best picks from a study; it does not go with --vector")
+        if not prompts:
+            raise BadInput("--vector needs prompts: give --prompt TEXT or --file PROMPTS.txt")
+        name = args.study  # `try --vector F NAME` picks one tensor of a file of several
+        try:
+            vectors = A.file_vectors(args.vector, layer=args.layer, model=args.model, name=name)
+        except A.TryError as exc:
+            raise BadInput(str(exc)) from None
+    else:
+        if not args.study:
+            raise BadInput("name a study and a vector id (or --best N), or give --vector FILE")
+        if args.layer is not None:
+            raise BadInput("--layer goes with --vector; a stored vector keeps its own layers")
+        if not args.vector_id and not args.best:
+            raise BadInput(f"name a vector of study {args.study!r} to try, or --best N")
+        if args.vector_id and args.best:
+            raise BadInput("name one vector id or --best N, not both")
+        study = _open(args)
+        try:
+            ids = [args.vector_id] if args.vector_id else A.best_vector_ids(study, args.best)
+            vectors = A.stored_vectors(study, ids)
+            if not prompts:
+                prompts = A.held_out_prompts(study, args.examples)
+        except A.TryError as exc:
+            raise BadInput(str(exc)) from None
+        if args.model:
+            vectors = [A.TryVector(v.vector, args.model, v.label) for v in vectors]
+    tokens = args.tokens
+    if tokens is None:
+        ev = ((study.config() or {}).get("evaluation") or {}) if study is not None else {}
+        tokens = int(ev.get("generation_tokens", 24))
+    loaded: dict[str, Any] = {}
+    for tv in vectors:
+        if tv.model not in loaded:
+            loaded[tv.model] = A.load(A.model_spec_for(study, tv.model, args.dtype, args.device))
+        lm = loaded[tv.model]
+        try:
+            got = A.continuations(
+                lm, tv, [p for _, p in prompts], scale=args.scale, tokens=tokens,
+                temperature=args.temperature, seed=args.seed,
+            )  # fmt: skip
+        except A.TryError as exc:
+            raise BadInput(str(exc)) from None
+        named = [(name, c) for (name, _), c in zip(prompts, got, strict=True)]
+        if args.json:
+            print(json.dumps({
+                "vector_id": tv.vector.vector_id, "label": tv.label, "scale": args.scale,
+                "tokens": tokens, "temperature": args.temperature, "seed": args.seed,
+                "continuations": [{"example": n, **asdict(c)} for n, c in named],
+            }))  # fmt: skip
+        else:
+            print(A.render_text(tv.label, args.scale, named))
+    return EXIT_OK
+
+
+def _check_device(dtype: str | None, device: str | None) -> None:
+    """--dtype and --device name something this machine has (before a model loads)."""
+    import re
+    import typing
+
+    from orchestrator.study.config import DEVICE_PATTERN, Dtype
+
+    names = typing.get_args(Dtype)
+    if dtype is not None and dtype not in names:
+        raise BadInput(f"--dtype {dtype!r} is not one of {', '.join(names)}")
+    if device is None:
+        return
+    if not re.match(DEVICE_PATTERN, device):
+        raise BadInput(f"--device {device!r} must be auto, cpu, cuda, cuda:N or mps")
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput(f"--device {device}: this machine has no CUDA GPU that torch can use")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise BadInput(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise BadInput("--device mps: this machine has no Apple GPU that torch can use")

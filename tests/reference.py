@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -33,3 +35,26 @@ def reference_logits(lm, ids, vector=None, layer=0, sign=1.0):
             return lm.model(input_ids=torch.tensor([ids])).logits[0].double()
         with adding(lm, layer, sign * torch.as_tensor(vector)):
             return lm.model(input_ids=torch.tensor([ids])).logits[0].double()
+
+
+def reference_greedy(
+    lm: Any, prompt: Any, vector: np.ndarray | None, layer: int, n: int
+) -> tuple[str, int, str]:
+    """Greedy continuation by re-running the whole sequence each step (no KV
+    cache), the vector added at every position entering ``layer``."""
+    ids = list(lm.encode_prompt(prompt))
+    new: list[int] = []
+    eos = lm.tokenizer.eos_token_id
+    for _ in range(n):
+        with torch.no_grad():
+            if vector is None:
+                logits = lm.model(input_ids=torch.tensor([ids + new])).logits
+            else:
+                with adding(lm, layer, torch.as_tensor(vector)):
+                    logits = lm.model(input_ids=torch.tensor([ids + new])).logits
+        new.append(int(logits[0, -1].argmax()))
+        if new[-1] == eos:
+            break
+    stop = "eos" if new and new[-1] == eos else "length"
+    text = lm.tokenizer.decode(new, skip_special_tokens=True)
+    return text, len(new) - (stop == "eos"), stop

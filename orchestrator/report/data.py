@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.store.reader import fixed_list_to_numpy
@@ -212,9 +214,38 @@ def read_loss_histories(study: Study, ids: list[str]) -> dict[str, list[float]]:
     }
 
 
-def transfer_rows(study: Study, vector_id: str) -> pd.DataFrame:
-    """Every transfer row of one vector, joined to its held-out example's prompt."""
-    t = study.transfer.to_table(filter=pc.field("vector_id") == vector_id).to_pandas()
+def transfer_rows(study: Study, ids: Sequence[str]) -> pd.DataFrame:
+    """Every transfer row of the vectors ``ids``, joined to its held-out
+    example's prompt and targets (``prompt_text``, ``target_text``)."""
+    t = study.transfer.to_table(filter=_id_in(ids)).to_pandas()
+    return t.merge(example_texts(study), on="eval_example_id", how="left")
+
+
+def generation_rows(study: Study, ids: Sequence[str]) -> pd.DataFrame:
+    """The stored generations of the vectors ``ids`` (one row per vector and
+    held-out example, the last written kept), joined to the example's prompt
+    (``prompt_text``); empty for a study that kept no text."""
+    t = study.generations.to_table(filter=_id_in(ids)).to_pandas()
+    t = t.drop_duplicates(["vector_id", "eval_example_id"], keep="last")
+    return t.merge(example_texts(study), on="eval_example_id", how="left")
+
+
+def _id_in(ids: Sequence[str]) -> pc.Expression:
+    """A dataset filter: ``vector_id`` is one of ``ids`` (typed, so an empty
+    list works too)."""
+    return pc.field("vector_id").isin(pa.array(list(ids), pa.string()))
+
+
+def has_generations(study: Study) -> bool:
+    """Whether the study stored any generated text (a study written before the
+    ``generations`` table existed has none)."""
+    return bool(study.generations.count_rows())
+
+
+def example_texts(study: Study) -> pd.DataFrame:
+    """Per example (column ``eval_example_id``), its prompt as shown
+    (``prompt_text``: the last user message of a chat) and its targets
+    (``target_text``)."""
     ex = study.examples.to_table(columns=["example_id", "prompt", "chat", "targets"]).to_pandas()
     ex = ex.drop_duplicates("example_id", keep="last")
     ex["prompt_text"] = [_prompt_text(p, c) for p, c in zip(ex["prompt"], ex["chat"], strict=True)]
@@ -223,9 +254,7 @@ def transfer_rows(study: Study, vector_id: str) -> pd.DataFrame:
         for ts in ex["targets"]
     ]
     ex = ex.rename(columns={"example_id": "eval_example_id"})
-    return t.merge(
-        ex[["eval_example_id", "prompt_text", "target_text"]], on="eval_example_id", how="left"
-    )
+    return ex[["eval_example_id", "prompt_text", "target_text"]]
 
 
 def _prompt_text(prompt: str, chat: Any) -> str:

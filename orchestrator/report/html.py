@@ -21,6 +21,8 @@ img { max-width: 100%; border: 1px solid #ddd; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.gen { white-space: pre-wrap; font-family: ui-monospace, monospace; max-width: 32em; }
+.gen-stop { color: #666; font-size: 0.85em; }
 """
 
 
@@ -34,10 +36,30 @@ class Section:
     missing: str = ""
     caption: str = ""
     extra: str = ""
+    anchor: str = ""  # id of the section's heading, for links within the page
+
+
+@dataclass(frozen=True)
+class Markup:
+    """A table cell that is already HTML, built from escaped parts (see
+    ``link``, ``cell_html``); ``table`` puts it in as is."""
+
+    html: str
 
 
 def esc(x: object) -> str:
     return html.escape(str(x), quote=True)
+
+
+def link(anchor: str, text: object) -> Markup:
+    """A link to the element with id ``anchor`` on this page."""
+    return Markup(f'<a href="#{esc(anchor)}">{esc(text)}</a>')
+
+
+def cell_html(x: Any) -> str:
+    """The inside of a table cell: ``Markup`` as is, anything else formatted
+    (``fmt``) and escaped."""
+    return x.html if isinstance(x, Markup) else esc(fmt(x))
 
 
 def fmt(x: Any) -> str:
@@ -58,7 +80,7 @@ def table(
         cells = []
         for x in row:
             num = isinstance(x, int | float) and not isinstance(x, bool)
-            cells.append(f"<td{' class=num' if num else ''}>{esc(fmt(x))}</td>")
+            cells.append(f"<td{' class=num' if num else ''}>{cell_html(x)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -99,7 +121,8 @@ def render(
         *(message(n) for n in notes),
     ]
     for s in sections:
-        parts.append(f"<h2>{esc(s.title)}</h2>")
+        anchor = f' id="{esc(s.anchor)}"' if s.anchor else ""
+        parts.append(f"<h2{anchor}>{esc(s.title)}</h2>")
         if s.figure:
             src = s.figure
             if embed:

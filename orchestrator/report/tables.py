@@ -1,12 +1,21 @@
-"""The report's tables: top vectors, the best vector on held-out examples,
-failed trials."""
+"""The report's tables: top vectors (each linked to its own section), the
+best vector on held-out examples, the top vectors' generated text, one
+section per top vector, failed trials."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from orchestrator.report.data import ReportData, transfer_rows
-from orchestrator.report.html import Section, esc, frame_table, message, table
+from orchestrator.report.html import Section, esc, frame_table, table
+from orchestrator.report.vectors import (
+    TOP_ANCHOR,
+    generations_section,
+    load_top,
+    vector_anchor,
+    vector_link,
+    vector_sections,
+)
 
 if TYPE_CHECKING:
     from orchestrator.store import Study
@@ -16,7 +25,8 @@ N_EXAMPLES = 5  # transfer examples shown for the best vector
 
 def tables(st: Study, data: ReportData, top: int) -> list[Section]:
     """The top vectors with their parameters, the best vector on a few held-out
-    examples, and the failed trials' errors."""
+    examples, the top vectors' generations and sections, and the failed
+    trials' errors."""
     out = []
     v = data.one_shot
     shown = {"param_layer", "param_norm", "param_loss", "param_lr"}  # the vector's own columns
@@ -58,15 +68,33 @@ def tables(st: Study, data: ReportData, top: int) -> list[Section]:
         *[p.removeprefix("param_") for p in params],
     ]
     if v.empty:
-        out.append(Section(f"Top {top} vectors", missing="no vectors with transfer results stored"))
+        out.append(
+            Section(
+                f"Top {top} vectors",
+                missing="no vectors with transfer results stored",
+                anchor=TOP_ANCHOR,
+            )
+        )
     else:
         note = (
             f"<p>parameters the same for every vector: {esc(', '.join(fixed))}</p>" if fixed else ""
         )
+        shown_rows = v.head(top)
+        shown_rows = shown_rows.assign(
+            vector_id=[vector_link(str(x)) for x in shown_rows["vector_id"]]
+        )
         out.append(
-            Section(f"Top {top} vectors", extra=frame_table(v.head(top), cols, heads) + note)
+            Section(
+                f"Top {top} vectors",
+                extra=frame_table(shown_rows, cols, heads) + note,
+                caption="Each vector id links to the vector's own section further down.",
+                anchor=TOP_ANCHOR,
+            )
         )
     out.append(_best_examples(st, data))
+    best = load_top(st, data, top)
+    out.append(generations_section(best))
+    out.append(vector_sections(best, data.unit))
     fails = data.trials[data.trials["state"] == "FAIL"] if not data.trials.empty else data.trials
     if not fails.empty:
         out.append(Section("Failed trials", extra=frame_table(fails, ["trial", "error"])))
@@ -79,12 +107,13 @@ def _best_examples(st: Study, data: ReportData) -> Section:
     if v.empty:
         return Section(title, missing="no vectors with transfer results stored")
     best = str(v["vector_id"].iloc[0])
-    rows = transfer_rows(st, best)
+    rows = transfer_rows(st, [best])
     shown = sorted(rows["eval_example_id"].unique())[:N_EXAMPLES]
     rows = rows[rows["eval_example_id"].isin(shown)].sort_values(["eval_example_id", "metric"])
-    gen = message(
-        "No generations stored: the store keeps each transfer metric's steered and unsteered "
-        "values (judge:* rows hold the judge's verdict, 1 = yes), not the generated text."
+    note = (
+        "<p>Each transfer metric's unsteered and steered value; judge:* rows hold the "
+        "judge's verdict (1 = yes, 0 = no). Generated text, where the study kept some, "
+        "is in the sections below.</p>"
     )
     body = table(
         ["ex", "prompt", "target", "metric", "unsteered", "steered", "success"],
@@ -110,4 +139,8 @@ def _best_examples(st: Study, data: ReportData) -> Section:
             "success",
         ],
     )
-    return Section(title, extra=f"<p>vector <code>{esc(best)}</code></p>{gen}{body}")
+    head = (
+        f"<p>vector <code>{esc(best)}</code> "
+        f'(<a href="#{esc(vector_anchor(best))}">its section</a>)</p>'
+    )
+    return Section(title, extra=head + note + body)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.store import (
+    GenerationRecord,
     StoredTrial,
     StoreWriteError,
     StoreWriter,
@@ -56,6 +57,7 @@ class TrialRows:
     record: TrialRecord
     vectors: list[VectorRecord]
     transfer: list[TransferRecord]
+    generations: list[GenerationRecord] | None = None  # None: the study keeps no text
 
     @property
     def number(self) -> int:
@@ -64,7 +66,10 @@ class TrialRows:
     def nbytes(self) -> int:
         """Roughly what keeping these rows costs in memory."""
         vec = sum(v.result.vector.nbytes for v in self.vectors)
-        return vec + 200 * len(self.transfer) + 1000
+        text = sum(
+            len(g.steered_text) + len(g.unsteered_text) + 100 for g in self.generations or ()
+        )
+        return vec + 200 * len(self.transfer) + text + 1000
 
 
 @dataclass
@@ -229,7 +234,7 @@ class Committer:
             if rows is None:
                 continue
             try:
-                self.writer.write_trial(rows.record, rows.vectors, rows.transfer)
+                self.writer.write_trial(rows.record, rows.vectors, rows.transfer, rows.generations)
             except StoreWriteError as exc:
                 log.error("could not rewrite trial %d: %s", number, exc)
                 continue
@@ -271,7 +276,7 @@ class Committer:
 
     def _write(self, rows: TrialRows) -> float:
         t0 = time.perf_counter()
-        self.writer.write_trial(rows.record, rows.vectors, rows.transfer)
+        self.writer.write_trial(rows.record, rows.vectors, rows.transfer, rows.generations)
         return time.perf_counter() - t0
 
     def _retain(self, rows: TrialRows) -> None:

@@ -37,6 +37,7 @@ from orchestrator.run.pools import Pool
 from orchestrator.run.preflight import Plan
 from orchestrator.run.surprisal import Scoring, needs_scores
 from orchestrator.store import (
+    GenerationRecord,
     StoreWriter,
     Study,
     StudyLease,
@@ -325,6 +326,7 @@ class Driver:
         )
         vectors: list[VectorRecord] = []
         transfer: list[TransferRecord] = []
+        texts: list[GenerationRecord] | None = [] if self.plan.evaluation.keeps_text else None
         p = work.params
         assert p is not None  # set by _start for every trial the driver runs
         for a, o in ((a, work.outcomes.get(a.vector_id)) for a in work.assignments):
@@ -347,7 +349,22 @@ class Driver:
                 )
                 for r in o.rows
             ]
-        return TrialRows(work, record, vectors, transfer)
+            if texts is not None:
+                texts += [
+                    GenerationRecord(
+                        g.vector_id,
+                        g.example_id,
+                        g.steered,
+                        g.unsteered,
+                        g.steered_tokens,
+                        g.unsteered_tokens,
+                        g.steered_stop,
+                        g.unsteered_stop,
+                        g.max_tokens,
+                    )
+                    for g in o.generations
+                ]
+        return TrialRows(work, record, vectors, transfer, texts)
 
     def _flush(
         self, study: optuna.Study, summary: RunSummary, timing: dict[str, float], block: bool

@@ -234,6 +234,7 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
         judge_contains_any=tuple(getattr(task, "judge_contains_any", ()) or ()),
         judge_lacks_all=tuple(getattr(task, "judge_lacks_all", ()) or ()),
         generation_tokens=ev.generation_tokens,
+        keep_generations=ev.keep_generations,
         log_base=ev.log_base,
         coldness=ev.coldness,
         max_kl=ev.max_kl,

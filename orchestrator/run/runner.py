@@ -68,6 +68,9 @@ RESOURCE_KEYS: tuple[str, ...] = (
     "trials_in_flight",
     "store.lease_stale_s",
     "store.give_up_after_s",
+    # How much generated text is kept, not what is computed: an old study
+    # (stored before the setting) resumes and keeps text for its new trials.
+    "evaluation.keep_generations",
     *(
         f"{section}.{key}"
         for section in ("model", "surprisal_model")

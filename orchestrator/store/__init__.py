@@ -2,7 +2,7 @@
 
 Write side: ``check_store`` at start-up, ``save_study_config``, then a
 ``StoreWriter`` per study (``write_examples``, ``write_trial``). Read side:
-``open_study`` (datasets, ``joined_frame``, ``layer_matrix``,
+``open_study`` (datasets incl. ``generations``, ``joined_frame``, ``layer_matrix``,
 ``completed_trials``), ``compact``, ``export_vectors``, ``cleanup``.
 
 May import: pyarrow, boto3, numpy, pandas. Never torch or ``workers`` (worker
@@ -30,6 +30,7 @@ from orchestrator.store.reader import (
 )
 from orchestrator.store.records import (
     ExampleRecord,
+    GenerationRecord,
     StudyContext,
     TransferRecord,
     TrialRecord,
@@ -39,6 +40,7 @@ from orchestrator.store.retry import RetryPolicy
 from orchestrator.store.roots import StoreRoot, resolve_root
 from orchestrator.store.schemas import (
     EXAMPLES_SCHEMA,
+    GENERATIONS_SCHEMA,
     SCHEMA_VERSION,
     TRANSFER_SCHEMA,
     code_version,
@@ -56,11 +58,13 @@ from orchestrator.store.writer import StoreWriter, WriteReport
 
 __all__ = [
     "EXAMPLES_SCHEMA",
+    "GENERATIONS_SCHEMA",
     "SCHEMA_VERSION",
     "TRANSFER_SCHEMA",
     "CleanupReport",
     "CompactReport",
     "ExampleRecord",
+    "GenerationRecord",
     "Holder",
     "LeaseHeld",
     "LeaseLost",

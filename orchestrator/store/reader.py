@@ -70,6 +70,12 @@ class Study:
         return self.dataset("transfer")
 
     @property
+    def generations(self) -> ds.Dataset:
+        """Steered and unsteered texts per (vector, held-out example); empty
+        for a study that kept none, or one written before schema version 2."""
+        return self.dataset("generations")
+
+    @property
     def examples(self) -> ds.Dataset:
         return self.dataset("examples")
 
@@ -293,4 +299,8 @@ def _empty_schema(table: str) -> pa.Schema:
         schema = S.vectors_schema(1)
         i = schema.get_field_index("vector")
         return schema.set(i, pa.field("vector", pa.list_(pa.float32())))
-    return S.TRANSFER_SCHEMA if table == "transfer" else S.EXAMPLES_SCHEMA
+    return {
+        "transfer": S.TRANSFER_SCHEMA,
+        "generations": S.GENERATIONS_SCHEMA,
+        "examples": S.EXAMPLES_SCHEMA,
+    }[table]

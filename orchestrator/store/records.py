@@ -103,6 +103,27 @@ class TransferRecord:
 
 
 @dataclass(frozen=True)
+class GenerationRecord:
+    """A vector's continuation of one held-out prompt, beside the unsteered
+    model's (see ``schemas.GENERATIONS_SCHEMA``)."""
+
+    vector_id: str
+    eval_example_id: str
+    steered_text: str
+    unsteered_text: str
+    steered_tokens: int
+    unsteered_tokens: int
+    steered_stop: str
+    unsteered_stop: str
+    max_tokens: int
+
+    def __post_init__(self) -> None:
+        for name in ("steered_stop", "unsteered_stop"):
+            if getattr(self, name) not in ("eos", "length"):
+                raise ValueError(f"{name} must be 'eos' or 'length', got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
 class ExampleRecord:
     """A training or held-out example, so results are self-describing."""
 
@@ -224,6 +245,27 @@ def transfer_table(trial: int, rows: Sequence[TransferRecord]) -> pa.Table:
             for r in rows
         ],
         schema=S.TRANSFER_SCHEMA,
+    )
+
+
+def generations_table(trial: int, rows: Sequence[GenerationRecord]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "vector_id": r.vector_id,
+                "trial": trial,
+                "eval_example_id": r.eval_example_id,
+                "steered_text": r.steered_text,
+                "unsteered_text": r.unsteered_text,
+                "steered_tokens": int(r.steered_tokens),
+                "unsteered_tokens": int(r.unsteered_tokens),
+                "steered_stop": r.steered_stop,
+                "unsteered_stop": r.unsteered_stop,
+                "max_tokens": int(r.max_tokens),
+            }
+            for r in rows
+        ],
+        schema=S.GENERATIONS_SCHEMA,
     )
 
 

@@ -5,6 +5,7 @@ Layout under a root (``file:///...`` or ``s3://bucket/prefix``)::
     trials/study=<study>/trial-00000042.parquet        one object per trial
     vectors/study=<study>/trial-00000042.parquet
     transfer/study=<study>/trial-00000042.parquet
+    generations/study=<study>/trial-00000042.parquet   when the study keeps text
     examples/study=<study>/examples-<name>.parquet     written once per study
     <table>/study=<study>/compact-<lo>-<hi>-<tag>.parquet   made by ``compact``
     _studies/<study>/config.json                        the redacted study config
@@ -30,13 +31,17 @@ import pyarrow as pa
 
 from orchestrator.store.errors import StoreNameError
 
-SCHEMA_VERSION = 1
-"""Bump when a column is renamed, removed or changes type."""
+SCHEMA_VERSION = 2
+"""Bump when a table or column is added, renamed, removed or changes type.
 
-TABLES = ("trials", "vectors", "transfer", "examples")
-TRIAL_TABLES = ("transfer", "vectors", "trials")
+Version history: 1, the first store; 2 added the ``generations`` table (a
+version-1 store simply has none, and reads as a study that kept no text)."""
+
+TABLES = ("trials", "vectors", "transfer", "generations", "examples")
+TRIAL_TABLES = ("transfer", "generations", "vectors", "trials")
 """Tables written per trial, in write order: ``trials`` last, because a trial
-row is the commit marker ``completed_trials`` reads."""
+row is the commit marker ``completed_trials`` reads. ``generations`` is
+written only by studies that keep text (see ``StoreWriter.write_trial``)."""
 
 TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL")
 PARAM_PREFIX = "param_"
@@ -220,6 +225,26 @@ TRANSFER_SCHEMA = pa.schema(
     ]
 )
 """Schema of ``transfer``: one row per (vector, held-out example, metric)."""
+
+GENERATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("vector_id", pa.string(), nullable=False),
+        pa.field("trial", pa.int64(), nullable=False),
+        pa.field("eval_example_id", pa.string(), nullable=False),
+        pa.field("steered_text", pa.string(), nullable=False),
+        pa.field("unsteered_text", pa.string(), nullable=False),
+        pa.field("steered_tokens", pa.int32(), nullable=False),
+        pa.field("unsteered_tokens", pa.int32(), nullable=False),
+        pa.field("steered_stop", pa.string(), nullable=False),
+        pa.field("unsteered_stop", pa.string(), nullable=False),
+        pa.field("max_tokens", pa.int32(), nullable=False),
+    ]
+)
+"""Schema of ``generations``: one row per (vector, held-out example) the study
+generated for. Greedy continuations of the held-out prompt with and without
+the vector, special tokens dropped; ``*_tokens`` counts generated tokens (the
+end-of-sequence token not counted); ``*_stop`` is ``eos`` (the model ended the
+text) or ``length`` (it reached ``max_tokens``)."""
 
 EXAMPLES_SCHEMA = pa.schema(
     [

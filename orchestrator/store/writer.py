@@ -1,11 +1,12 @@
 """Exactly-once writes of a trial's rows.
 
-A trial becomes three objects, one per table, under keys derived from the
-study and trial number (``<table>/study=<study>/trial-<n>.parquet``). Writing
-the trial again overwrites them, so a retried or resumed trial never leaves
-two copies. The ``trials`` object is written last: a trial counts as done
-(``completed_trials``) only once its row exists, so a crash half-way through
-leaves a trial the orchestrator simply runs again.
+A trial becomes three objects (four when the study keeps generated text),
+one per table, under keys derived from the study and trial number
+(``<table>/study=<study>/trial-<n>.parquet``). Writing the trial again
+overwrites them, so a retried or resumed trial never leaves two copies. The
+``trials`` object is written last: a trial counts as done
+(``completed_trials``) only once its row exists, so a crash half-way
+through leaves a trial the orchestrator simply runs again.
 
 Every object is written whole or not at all (see ``roots.put_bytes``), and
 transient errors are retried with backoff; a final failure raises
@@ -84,27 +85,38 @@ class StoreWriter:
         trial: R.TrialRecord,
         vectors: Sequence[R.VectorRecord] = (),
         transfer: Sequence[R.TransferRecord] = (),
+        generations: Sequence[R.GenerationRecord] | None = None,
     ) -> WriteReport:
-        """Write one finished trial: its vectors, their transfer rows, and the
-        trial row last. Safe to call again for the same trial number."""
+        """Write one finished trial: its vectors, their transfer rows and
+        generations, and the trial row last. Safe to call again for the same
+        trial number.
+
+        ``generations`` None writes no ``generations`` object (a study that
+        keeps no text); a sequence, even empty, writes one, so a rewritten
+        trial replaces its earlier text. (A study whose keep_generations went
+        to 0 between runs leaves the text of trials it does not rewrite.)"""
         n = trial.number
         vec = R.vectors_table(self.context, n, vectors)
         ids = set(vec["vector_id"].to_pylist())
-        stray = {t.vector_id for t in transfer} - ids
-        if stray:
-            raise ValueError(
-                f"trial {n}: transfer rows name vectors this trial did not produce: "
-                f"{sorted(stray)[:5]}"
-            )
+        for what, rows in (("transfer", transfer), ("generation", generations or ())):
+            stray = {t.vector_id for t in rows} - ids
+            if stray:
+                raise ValueError(
+                    f"trial {n}: {what} rows name vectors this trial did not produce: "
+                    f"{sorted(stray)[:5]}"
+                )
         tables = {
             "transfer": R.transfer_table(n, transfer),
             "vectors": vec,
             "trials": R.trials_table(self.context, trial, len(vectors)),
         }
+        if generations is not None:
+            tables["generations"] = R.generations_table(n, generations)
         # Encode everything first: a bad record must not leave a partial trial.
         blobs = {
             S.trial_key(name, self.context.study, n): self._encode(name, tables[name], n)
             for name in S.TRIAL_TABLES
+            if name in tables
         }
         return self._write(blobs, n)
 

@@ -179,6 +179,11 @@ def _default_metrics() -> list[MetricName]:
 class EvaluationConfig(_Strict):
     metrics: list[MetricName] = Field(default_factory=_default_metrics)
     generation_tokens: int = Field(24, ge=1)
+    # Steered and unsteered greedy text kept in the store's generations table
+    # for the first N held-out examples of every vector (every example when
+    # judge or surprisal is measured, since those read the text anyway). A
+    # few by default, so a study shows what its vectors make the model say.
+    keep_generations: int = Field(2, ge=0)
     max_kl: float = Field(0.1, gt=0)
     log_base: float = Field(10.0, gt=0)
     batch_size: int = Field(32, ge=1)

@@ -133,3 +133,24 @@ def test_a_stored_config_from_before_a_setting_existed_still_resumes(tmp_path) -
     changed = tiny_config(str(tmp_path / "store"), evaluation={"coldness": 0.5})
     with pytest.raises(Exception, match="evaluation.coldness"):
         store_config(changed, root)
+
+
+def test_keep_generations_may_change_between_runs_of_a_study(tmp_path) -> None:
+    """How much text a study keeps is not what it computes: a config stored
+    before the setting existed, or with another value, resumes as the same study."""
+    from orchestrator.run.runner import identity_hash, store_config
+    from orchestrator.store import redact, resolve_root, save_study_config
+
+    cfg = tiny_config(str(tmp_path / "store"))
+    assert cfg.evaluation.keep_generations == 2
+    assert prepare(cfg).evaluation.keep_generations == 2
+    root = resolve_root(cfg.store.root)
+    new = redact(cfg.model_dump(mode="json"))
+    old = {**new, "evaluation": {k: v for k, v in new["evaluation"].items()
+                                 if k not in ("keep_generations", "coldness")}}  # fmt: skip
+    save_study_config(root, cfg.name, old)
+    assert store_config(cfg, root) == identity_hash(old)
+    more = tiny_config(str(tmp_path / "store"), evaluation={"keep_generations": 7})
+    assert store_config(more, root) == identity_hash(old)
+    with pytest.raises(ConfigError, match="keep_generations"):
+        tiny_config(str(tmp_path / "store"), evaluation={"keep_generations": -1})

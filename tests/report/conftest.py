@@ -4,7 +4,10 @@
 norm bounds and loss kinds, COMPLETE, PRUNED and FAIL trials, one CAA skyline
 vector, and one trial whose trial row is missing (its vectors and transfer
 rows were written, then the commit marker was lost), which a report must
-leave out.
+leave out. By default it has no ``generations`` table, like a study written
+before the store had one; ``generations=True`` stores steered and unsteered
+text for every vector and held-out example, with markup in it, and leaves
+out the judge row of ``UNJUDGED``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 
 from orchestrator.store import (
     ExampleRecord,
+    GenerationRecord,
     StoreWriter,
     StudyContext,
     TransferRecord,
@@ -29,6 +33,7 @@ from orchestrator.store import (
     vector_id,
 )
 from orchestrator.store.schemas import trial_key
+from report.texts import MARKUP, UNJUDGED, generated_text
 from workers.jobs import Target, VectorResult, chat
 
 D_MODEL = 8
@@ -64,7 +69,9 @@ def _vector(rng: np.random.Generator, trial: int, j: int, layer: int, steps: int
     )
 
 
-def _transfer(rng: np.random.Generator, vid: str, kind: str) -> list[TransferRecord]:
+def _transfer(
+    rng: np.random.Generator, vid: str, kind: str, skip_judge: str | None = None
+) -> list[TransferRecord]:
     rows = []
     for e in range(N_EVAL):
         unsteered = float(rng.uniform(-8, -4))
@@ -73,17 +80,39 @@ def _transfer(rng: np.random.Generator, vid: str, kind: str) -> list[TransferRec
         metric = f"target_logprob:{'suppress' if kind == 'suppress' else 'promote'}:0"
         rows.append(TransferRecord(vid, f"eval-{e}", metric, steered, unsteered, moved > 0.5))
         verdict = float(rng.uniform() < 0.5)
+        if f"eval-{e}" == skip_judge:
+            continue
         rows.append(TransferRecord(vid, f"eval-{e}", "judge:refusal", verdict, 0.0, verdict > 0))
     return rows
 
 
-def _examples() -> list[ExampleRecord]:
+def _generations(vid: str) -> list[GenerationRecord]:
+    return [
+        GenerationRecord(
+            vid,
+            f"eval-{e}",
+            steered_text=generated_text(vid, f"eval-{e}", True),
+            unsteered_text=generated_text(vid, f"eval-{e}", False),
+            steered_tokens=24 if e % 2 else 7 + e,
+            unsteered_tokens=11,
+            steered_stop="length" if e % 2 else "eos",
+            unsteered_stop="eos",
+            max_tokens=24,
+        )
+        for e in range(N_EVAL)
+    ]
+
+
+def _examples(prompt_tail: str = "") -> list[ExampleRecord]:
     out = [
         ExampleRecord(ex, "train", chat(f"Train prompt {ex}"), [Target("No.")]) for ex in EXAMPLES
     ]
     out += [
         ExampleRecord(
-            f"eval-{e}", "transfer", chat(f"Held-out request number {e}"), [Target("I cannot")]
+            f"eval-{e}",
+            "transfer",
+            chat(f"Held-out request number {e}{prompt_tail}"),
+            [Target("I cannot")],
         )
         for e in range(N_EVAL)
     ]
@@ -98,6 +127,7 @@ def build_study(
     objectives: int = 1,
     caa: bool = True,
     seed: int = 0,
+    generations: bool = False,
 ) -> Built:
     rng = np.random.default_rng(seed)
     objs = [
@@ -115,7 +145,7 @@ def build_study(
     chash = save_study_config(root, study, _config(study, objs))
     ctx = StudyContext(study=study, config_hash=chash, model_id="tiny", d_model=D_MODEL)
     writer = StoreWriter(root, ctx)
-    writer.write_examples(_examples())
+    writer.write_examples(_examples(f" {MARKUP}" if generations else ""))
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     states = ["COMPLETE"] * n_complete + ["PRUNED", "FAIL", "COMPLETE"]
     for number, state in enumerate(states):
@@ -123,18 +153,20 @@ def build_study(
         norm = [4.0, 8.0][(number // 3) % 2]
         kind = "suppress" if number % 4 == 3 else "promote"
         lr = float(rng.uniform(0.01, 1.0))
-        vecs, rows = [], []
+        vecs, rows, gens = [], [], []
+        skip = UNJUDGED if generations else None
         if state != "FAIL":
             for j, ex in enumerate(EXAMPLES):
                 res = _vector(rng, number, j, layer, steps=int(rng.integers(3, 9)))
                 vecs.append(
                     VectorRecord(res, example_id=ex, loss_kind=kind, lr=lr, norm_bound=norm)
                 )
-                rows += _transfer(rng, vector_id(study, number, ex), kind)
+                rows += _transfer(rng, vector_id(study, number, ex), kind, skip)
+                gens += _generations(vector_id(study, number, ex))
             if caa and number == 0:
                 res = _vector(rng, number, 9, layer, steps=1)
                 vecs.append(VectorRecord(res, example_id="all-train", loss_kind="caa", lr=0.0))
-                rows += _transfer(rng, vector_id(study, number, "all-train"), "promote")
+                rows += _transfer(rng, vector_id(study, number, "all-train"), "promote", skip)
         values = None
         if state == "COMPLETE":
             # the objective follows the layer; lr is noise (for the importance test)
@@ -150,7 +182,7 @@ def build_study(
             finished_at=t0 + timedelta(minutes=number, seconds=30),
             error=f"loss became NaN in trial {number}" if state == "FAIL" else None,
         )
-        writer.write_trial(trial, vecs, rows)
+        writer.write_trial(trial, vecs, rows, gens if generations else None)
     # The last trial loses its commit marker: vectors and transfer rows stay.
     last = len(states) - 1
     (root / trial_key("trials", study, last)).unlink()

@@ -19,7 +19,7 @@ def test_report_subcommand_writes_the_report(tmp_path: Path, study_factory, caps
     assert f"wrote {out / 'report.html'}" in printed
     assert "caa_skyline: no CAA skyline stored" in printed
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert "<h2>Top 4 vectors</h2>" in page
+    assert '<h2 id="top-vectors">Top 4 vectors</h2>' in page
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures and all(f'src="figures/{name}"' in page for name in figures)
     assert len(pd.read_parquet(out / "summary.parquet")) > 0

@@ -15,6 +15,7 @@ import pytest
 
 from orchestrator.store import (
     ExampleRecord,
+    GenerationRecord,
     StudyContext,
     TransferRecord,
     TrialRecord,
@@ -85,10 +86,15 @@ class TrialData:
     trial: TrialRecord
     vectors: list[VectorRecord]
     transfer: list[TransferRecord]
+    generations: list[GenerationRecord] | None = None
 
-    def args(self) -> tuple[TrialRecord, list[VectorRecord], list[TransferRecord]]:
+    def args(
+        self,
+    ) -> tuple[
+        TrialRecord, list[VectorRecord], list[TransferRecord], list[GenerationRecord] | None
+    ]:
         """The arguments of ``StoreWriter.write_trial``."""
-        return self.trial, self.vectors, self.transfer
+        return self.trial, self.vectors, self.transfer, self.generations
 
     def ids(self, study: str) -> list[tuple[str, VectorRecord]]:
         """(vector id, record) of every vector of this trial."""
@@ -115,12 +121,15 @@ def make_trial(
     seed: int = 0,
     layer: int | None = None,
     params: dict[str, Any] | None = None,
+    texts: bool = False,
 ) -> TrialData:
     """A trial with ``k`` vectors (one per training example) and ``n_eval``
-    held-out examples x 2 metrics of transfer rows per vector."""
+    held-out examples x 2 metrics of transfer rows per vector; with ``texts``,
+    a generation per (vector, held-out example) too, with text that tests
+    escaping and Unicode."""
     rng = np.random.default_rng(seed * 1000 + number)
     lay = layer if layer is not None else 2 + number % 3
-    vecs, rows = [], []
+    vecs, rows, gens = [], [], []
     for j in range(k):
         history = [float(x) for x in np.linspace(2.0, 0.2 + 0.01 * j, 4)]
         affine = j == 1  # one affine job per trial exercises the factor columns
@@ -162,6 +171,20 @@ def make_trial(
                 rows.append(
                     TransferRecord(vid, f"eval-{e}", metric, steered, steered - 1, steered > -1.5)
                 )
+            if texts:
+                gens.append(
+                    GenerationRecord(
+                        vid,
+                        f"eval-{e}",
+                        f'<b>steered</b> {number}/{j} & \u00e9t\u00e9\n"line two"',
+                        f"plain {e} \U0001f600",
+                        7 + j,
+                        4,
+                        "eos" if j % 2 else "length",
+                        "length",
+                        8,
+                    )
+                )
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=number)
     trial = TrialRecord(
         number=number,
@@ -174,7 +197,7 @@ def make_trial(
         error="loss became NaN" if state == "FAIL" else None,
         distributions_json='{"layer": {"name": "IntDistribution"}}',
     )
-    return TrialData(trial, vecs, rows)
+    return TrialData(trial, vecs, rows, gens if texts else None)
 
 
 def make_examples() -> list[ExampleRecord]:
@@ -204,7 +227,9 @@ def standard_trials(ctx: StudyContext) -> list[TrialData]:
         make_trial(ctx, 0),
         make_trial(ctx, 1, state="PRUNED"),
         make_trial(ctx, 2, k=0, state="FAIL"),
-        make_trial(ctx, 3, params={"layer": 5, "lr": 1, "loss": "mixed", "coldness": 0.7}),
+        make_trial(
+            ctx, 3, params={"layer": 5, "lr": 1, "loss": "mixed", "coldness": 0.7}, texts=True
+        ),
     ]
 
 
@@ -272,6 +297,20 @@ def check_round_trip(study: Any, ctx: StudyContext, trials: list[TrialData]) -> 
     }
     assert got == want
 
+    # generations: every field of every row back, text byte for byte
+    gen_fields = ("steered_text", "unsteered_text", "steered_tokens", "unsteered_tokens",
+                  "steered_stop", "unsteered_stop", "max_tokens")  # fmt: skip
+    got_g = {
+        (r["vector_id"], r["eval_example_id"], r["trial"]): tuple(r[f] for f in gen_fields)
+        for r in study.generations.to_table().to_pylist()
+    }
+    want_g = {
+        (g.vector_id, g.eval_example_id, t.trial.number): tuple(getattr(g, f) for f in gen_fields)
+        for t in trials
+        for g in t.generations or ()
+    }
+    assert got_g == want_g
+
     # examples
     ex = {r["example_id"]: r for r in study.examples.to_table().to_pylist()}
     assert ex["train-0"]["prompt"] == "The capital of France is"
@@ -288,7 +327,7 @@ def check_round_trip(study: Any, ctx: StudyContext, trials: list[TrialData]) -> 
     }
 
     # every file explains itself
-    for table in ("trials", "vectors", "transfer", "examples"):
+    for table in ("trials", "vectors", "transfer", "generations", "examples"):
         for frag in study.dataset(table).get_fragments():
             meta = frag.physical_schema.metadata
             assert meta[b"steer_sweep.schema_version"] == str(SCHEMA_VERSION).encode()

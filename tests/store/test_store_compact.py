@@ -30,6 +30,7 @@ def _snapshot(root: Any, study: str) -> dict[str, Any]:
         "trials": ["trial"],
         "vectors": ["vector_id"],
         "transfer": ["vector_id", "eval_example_id", "metric"],
+        "generations": ["vector_id", "eval_example_id"],
         "examples": ["example_id"],
     }
     out: dict[str, Any] = {}
@@ -81,15 +82,17 @@ def _polars_summary(root: Path) -> pd.DataFrame:
 
 def test_compact_keeps_every_query_result(tmp_path: Path) -> None:
     ctx = make_context()
-    trials = standard_trials(ctx) + [make_trial(ctx, n) for n in range(4, 12)]
+    trials = standard_trials(ctx) + [make_trial(ctx, n, texts=True) for n in range(4, 12)]
     write_study(StoreWriter(tmp_path, ctx), trials)
     before = _snapshot(tmp_path, ctx.study)
+    assert len(before["generations"]) == 9 * 3 * 2  # trials 3-11, 3 vectors, 2 examples
     duck_before, polars_before = _duckdb_summary(tmp_path, ctx.study), _polars_summary(tmp_path)
     assert duck_before and len(polars_before)
 
     # A small target size makes several merged files per table.
     report = compact(tmp_path, ctx.study, target_bytes=40_000)
     assert report.merged_files["vectors"] == 12 and 1 < report.written_files["vectors"] < 12
+    assert report.merged_files["generations"] == 9
     st = open_study(tmp_path, ctx.study)
     assert all("compact-" in k for k in st.files("vectors"))
     assert _snapshot(tmp_path, ctx.study) == before

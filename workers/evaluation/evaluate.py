@@ -45,6 +45,16 @@ class EvalSpec:
     batch_size: int = 32
     max_targets: int | None = None  # score at most this many targets per held-out example
 
+    @property
+    def generates_all(self) -> bool:
+        """Judges and the surprisal model read every held-out example's text."""
+        return "judge" in self.metrics or "surprisal" in self.metrics
+
+    @property
+    def keeps_text(self) -> bool:
+        """Whether evaluation returns generations (the store's ``generations`` table)."""
+        return self.generates_all or self.keep_generations > 0
+
 
 @dataclass
 class EvalCache:
@@ -89,8 +99,7 @@ def evaluate(
     # Judges and the surprisal model read every held-out example's text; a
     # study without them still keeps the first ``keep_generations`` (the
     # store's ``generations`` table), so a user sees what a vector says.
-    needs_all = "judge" in spec.metrics or "surprisal" in spec.metrics
-    shown = examples if needs_all else examples[: max(0, spec.keep_generations)]
+    shown = examples if spec.generates_all else examples[: max(0, spec.keep_generations)]
     if shown:
         gens = generations(
             lm,
