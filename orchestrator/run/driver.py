@@ -30,7 +30,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from orchestrator.run.committer import Committer, TrialRows
-from orchestrator.run.expand import build_assignment
+from orchestrator.run.expand import build_assignment, training_sets
 from orchestrator.run.feeder import Feeder
 from orchestrator.run.ledger import Ledger, TrialWork
 from orchestrator.run.pools import Pool
@@ -256,6 +256,13 @@ class Driver:
     def _start(self, trial: optuna.trial.Trial, number: int) -> None:
         trial.set_user_attr(STORE_TRIAL, number)
         params = TrialParams.from_params({**self.fixed, **trial.params})
+        sets = training_sets(
+            self.plan.train,
+            self.plan.train_pool,
+            params.shots,
+            study_seed=self.cfg.seed,
+            trial=number,
+        )
         assignments = [
             build_assignment(
                 vector_id(self.cfg.name, number, ex.id),
@@ -265,8 +272,10 @@ class Driver:
                 self.plan.space,
                 study_seed=self.cfg.seed,
                 log_base=self.cfg.evaluation.log_base,
+                also=also,
+                shots_loss=self.plan.space.shots_loss,
             )
-            for ex in self.plan.train
+            for ex, *also in sets
         ]
         self.ledger.add_trial(TrialWork(number, assignments, trial, params, started=_now()))
 
@@ -341,6 +350,7 @@ class Driver:
                     norm_bound=p.norm,
                     intervention=p.intervention,
                     dtype=self.plan.model_spec.dtype,
+                    train_example_ids=a.train_example_ids or (a.example_id,),
                 )
             )
             transfer += [

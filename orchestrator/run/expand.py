@@ -1,9 +1,28 @@
-"""A trial expands into assignments: one per training example, each a vector
-job built from the trial's :class:`~orchestrator.study.params.TrialParams`."""
+"""A trial expands into assignments: one per vector, each a vector job built
+from the trial's :class:`~orchestrator.study.params.TrialParams`.
+
+A trial makes ``vectors_per_trial`` vectors. Vector ``j`` is anchored on
+training example ``j`` (its ``example_id`` and its id, as in the one-shot
+studies). With ``shots`` K > 1 it is optimized on K examples jointly: its
+anchor and K-1 more from the train split (:func:`training_sets`), drawn
+without replacement by a rule seeded with the study seed and the trial
+number, so the same trial always gets the same sets, and stored with the
+vector (``vectors.train_example_ids``). The rule takes, for each vector in
+turn, the examples used least so far in the trial (another vector's anchor
+counts as used once), ties broken by the seeded permutation: the sets are
+disjoint whenever the split holds ``vectors_per_trial * K`` examples, and
+overlap as little as the split allows otherwise. The loss is the sum over
+every target of every example, each weighted 1/K (``shots_loss: mean``) or
+1 (``sum``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Sequence
+
+import numpy as np
 
 from orchestrator.study.config import SearchSpace
 from orchestrator.study.params import TrialParams
@@ -23,6 +42,38 @@ def _targets(example: Example, loss: str, log_base: float) -> tuple[Target, ...]
     return chosen
 
 
+def training_sets(
+    anchors: Sequence[Example],
+    pool: Sequence[Example],
+    shots: int,
+    *,
+    study_seed: int,
+    trial: int,
+) -> list[list[Example]]:
+    """For each anchor, its training set: the anchor first, then ``shots - 1``
+    other examples of ``pool`` (see the module docstring for the rule)."""
+    if shots == 1:
+        return [[a] for a in anchors]
+    if shots > len(pool):
+        raise ValueError(f"shots {shots} but the train split has only {len(pool)} examples")
+    digest = hashlib.sha256(f"{study_seed}:{trial}:shots".encode()).digest()
+    rank = {ex.id: int(r) for ex, r in zip(pool, np.random.default_rng(
+        int.from_bytes(digest[:8], "little")).permutation(len(pool)), strict=True)}  # fmt: skip
+    used = {ex.id: 0 for ex in pool}
+    for a in anchors:
+        used[a.id] = used.get(a.id, 0) + 1
+    out = []
+    for a in anchors:
+        others = sorted(
+            (ex for ex in pool if ex.id != a.id), key=lambda e: (used[e.id], rank[e.id])
+        )
+        chosen = others[: shots - 1]
+        for ex in chosen:
+            used[ex.id] += 1
+        out.append([a, *chosen])
+    return out
+
+
 def job_seed(study_seed: int, trial: int, example_id: str) -> int:
     digest = hashlib.sha256(f"{study_seed}:{trial}:{example_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
@@ -37,19 +88,27 @@ def build_assignment(
     *,
     study_seed: int,
     log_base: float,
+    also: Sequence[Example] = (),
+    shots_loss: str = "mean",
 ) -> Assignment:
-    """The assignment for one training example under one trial's params."""
+    """The assignment for one vector under one trial's params: optimized on
+    ``example`` and, for a K-shot vector, the examples ``also``."""
     intervention = Intervention(params.intervention, clamp_coef=params.clamp_coef)
     loss = params.loss
-    targets = _targets(example, "mixed" if loss == "reentrant" else loss, log_base)
-    settings = LossSettings(coldness=params.coldness, log_base=log_base)
+    kind = "mixed" if loss == "reentrant" else loss
+    examples = [example, *also]
+    weight = 1.0 / len(examples) if shots_loss == "mean" and also else 1.0
+    prompts = tuple(
+        ScoredPrompt(ex.prompt, _weighted(_targets(ex, kind, log_base), weight)) for ex in examples
+    )
     stop = StopRules(
         max_iters=params.max_iters,
-        targets_reached=any(t.threshold is not None for t in targets),
+        targets_reached=any(t.threshold is not None for p in prompts for t in p.targets),
     )
+    settings = LossSettings(coldness=params.coldness, log_base=log_base)
     job = VectorJob(
         job_id=vector_id,
-        prompts=(ScoredPrompt(example.prompt, targets),),
+        prompts=prompts,
         layers=(params.layer,),
         lr=params.lr,
         norm_bound=params.norm,
@@ -86,4 +145,20 @@ def build_assignment(
             stop=StopRules(max_iters=job.stop.max_iters),
         )
         reentrant = ReentrantJob(stage1, stage2, n_tokens=space.reentrant_tokens)
-    return Assignment(vector_id, trial, example.id, job, reentrant)
+    return Assignment(vector_id, trial, example.id, job, reentrant, tuple(e.id for e in examples))
+
+
+def _weighted(targets: tuple[Target, ...], weight: float) -> tuple[Target, ...]:
+    if weight == 1.0:
+        return targets  # one-shot: the very same targets
+    # The stopping rules compare a term's weighted loss with its threshold, so
+    # the threshold is weighted too: a target counts as reached at the same
+    # raw loss whatever K is.
+    return tuple(
+        dataclasses.replace(
+            t,
+            weight=t.weight * weight,
+            threshold=None if t.threshold is None else t.threshold * weight,
+        )
+        for t in targets
+    )

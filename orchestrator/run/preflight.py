@@ -10,12 +10,18 @@ message that names the config key.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.store import StoreConfigError, StoreRoot, check_store, resolve_root
 from orchestrator.study.config import ModelConfig, SearchSpace, StudyConfig, token_spec
-from orchestrator.study.space import distributions, fixed_params, grid, resolve_layers
+from orchestrator.study.space import (
+    distributions,
+    fixed_params,
+    grid,
+    max_shots,
+    resolve_layers,
+)
 from workers.evaluation.evaluate import EvalSpec, first_targets
 from workers.examples import Example
 from workers.models import Codec, ModelShape, ModelSpec, load_codec, peek_shape
@@ -33,7 +39,7 @@ class Plan:
     shape: ModelShape
     model_spec: ModelSpec
     space: SearchSpace  # layers resolved against the model
-    train: list[Example]
+    train: list[Example]  # one per vector of a trial: each vector's first (anchor) example
     transfer: list[Example]
     evaluation: EvalSpec
     store: StoreRoot  # resolved once, here; every writer and reader of the run uses it
@@ -41,6 +47,13 @@ class Plan:
     # its surprisal is taken under (the task's ``surprisal_context``).
     surprisal_spec: ModelSpec | None = None
     surprisal_context: tuple[str, ...] = ()
+    # The training examples K-shot vectors draw from (the whole train split
+    # when a trial may use more than one example per vector; else ``train``).
+    train_pool: list[Example] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.train_pool:
+            self.train_pool = list(self.train)
 
     @property
     def store_uri(self) -> str:
@@ -216,14 +229,21 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
             f"vectors_per_trial is {k} but the task has only {len(train)} examples in split "
             f"'{config.task.train_split}'"
         )
+    most = max_shots(space)
+    if most > len(train):
+        raise PreflightError(
+            f"search.shots goes up to {most} but the task has only {len(train)} examples in "
+            f"split '{config.task.train_split}'"
+        )
+    pool = train if most > 1 else train[:k]
     train = train[:k]
     if not transfer:
         raise PreflightError(f"the task has no examples in split '{config.task.transfer_split}'")
-    _check_space(config, space, train)
+    _check_space(config, space, pool)
     codec = load_codec(spec)
     if codec is not None:
-        check_lengths(codec, train + transfer)
-        check_positions(codec, space, train)
+        check_lengths(codec, pool + transfer)
+        check_positions(codec, space, pool)
     else:
         log.info("%s: prompt lengths are checked when the model loads", config.model.name)
     ev = config.evaluation
@@ -263,5 +283,6 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
         raise PreflightError(f"store.root: {exc}") from None
     context = tuple(getattr(task, "surprisal_context", ()) or ())
     return Plan(
-        config, shape, spec, space, train, transfer, evaluation, store, surprisal_spec, context
-    )
+        config, shape, spec, space, train, transfer, evaluation, store, surprisal_spec, context,
+        train_pool=pool,
+    )  # fmt: skip

@@ -92,7 +92,11 @@ RESOURCE_KEYS: tuple[str, ...] = (
 # stored config without one ran with that default, so while a setting has its
 # default it is left out of the comparison with a stored config and of the
 # study's identity hash: adding a setting changes no existing study.
-ADDED_SETTINGS: dict[str, Any] = {"evaluation.coldness": 0.7}
+ADDED_SETTINGS: dict[str, Any] = {
+    "evaluation.coldness": 0.7,
+    "search.shots": 1,
+    "search.shots_loss": "mean",
+}
 
 
 def _drop(config: dict[str, Any], dotted: str, only_if: Any = None) -> None:
@@ -196,7 +200,7 @@ def study_context(plan: Plan, info: dict[str, Any]) -> StudyContext:
 
 def examples_records(plan: Plan) -> list[ExampleRecord]:
     out = []
-    for ex in plan.train + plan.transfer:
+    for ex in plan.train_pool + plan.transfer:
         out.append(ExampleRecord(ex.id, ex.split, ex.prompt, ex.scored_prompt().targets))
     return out
 

@@ -115,7 +115,11 @@ class Study:
                     "a categorical parameter mixing numbers and strings should be all strings"
                 ) from exc
         else:
-            schema = factory.inspect(fragments=1)
+            # Columns added since (e.g. vectors.train_example_ids in version
+            # 2) come from the current schema, so files of either version read
+            # alike, the older ones with nulls there.
+            found = factory.inspect(fragments=1)
+            schema = _with_current_columns(table, found)
         return factory.finish(schema)
 
     # ------------------------------------------------------------ helpers
@@ -290,6 +294,15 @@ def fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
         return np.zeros((0, width), np.float32)
     flat = arr.flatten().to_numpy(zero_copy_only=False)  # flatten respects slicing offsets
     return np.asarray(flat, np.float32).reshape(len(arr), arr.type.list_size)
+
+
+def _with_current_columns(table: str, found: pa.Schema) -> pa.Schema:
+    """``found`` (a file's schema) plus any column of the current schema it lacks."""
+    current = _empty_schema(table)
+    if table == "vectors" and "vector" in found.names:
+        current = current.set(current.get_field_index("vector"), found.field("vector"))
+    missing = [f for f in current if f.name not in found.names]
+    return pa.schema([*found, *missing], metadata=found.metadata) if missing else found
 
 
 def _empty_schema(table: str) -> pa.Schema:

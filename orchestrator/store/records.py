@@ -85,6 +85,7 @@ class VectorRecord:
     norm_bound: float | None = None
     intervention: str = "add"
     dtype: str | None = None
+    train_example_ids: Sequence[str] = ()  # a K-shot vector's examples; () = example_id alone
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ def vectors_table(ctx: StudyContext, trial: int, vectors: Sequence[VectorRecord]
             affine_rank=None if a is None else int(np.asarray(a).shape[0]),
             affine_a=None if a is None else np.asarray(a, np.float32).ravel(),
             affine_b=None if b is None else np.asarray(b, np.float32).ravel(),
+            train_example_ids=list(rec.train_example_ids or (rec.example_id,)),
         )
     ids = cols["vector_id"]
     if len(set(ids)) != len(ids):

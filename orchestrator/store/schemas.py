@@ -35,7 +35,8 @@ SCHEMA_VERSION = 2
 """Bump when a table or column is added, renamed, removed or changes type.
 
 Version history: 1, the first store; 2 added the ``generations`` table (a
-version-1 store simply has none, and reads as a study that kept no text)."""
+version-1 store simply has none, and reads as a study that kept no text) and
+``vectors.train_example_ids`` (null in version-1 files)."""
 
 TABLES = ("trials", "vectors", "transfer", "generations", "examples")
 TRIAL_TABLES = ("transfer", "generations", "vectors", "trials")
@@ -179,7 +180,10 @@ def vectors_schema(d_model: int) -> pa.Schema:
     """Schema of ``vectors``. Losses are in units of ``log_base`` (10: hartleys,
     e: nats). ``vector`` is the optimized vector, float32, ``d_model`` wide;
     ``dtype`` is the dtype it was optimized in. ``affine_a``/``affine_b`` hold
-    the ``(affine_rank, d_model)`` factors of affine jobs, flattened row-major."""
+    the ``(affine_rank, d_model)`` factors of affine jobs, flattened row-major.
+    ``train_example_ids`` lists every training example the vector was
+    optimized on, ``example_id`` first (one for a one-shot vector; null in a
+    file written before schema version 2)."""
     return pa.schema(
         [
             pa.field("vector_id", pa.string(), nullable=False),
@@ -209,6 +213,7 @@ def vectors_schema(d_model: int) -> pa.Schema:
             pa.field("affine_rank", pa.int32()),
             pa.field("affine_a", pa.list_(pa.float32())),
             pa.field("affine_b", pa.list_(pa.float32())),
+            pa.field("train_example_ids", pa.list_(pa.string())),
         ]
     )
 

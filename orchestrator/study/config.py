@@ -139,6 +139,13 @@ class SearchSpace(_Strict):
     tokens: str | list[str] = "all"
     intervention: InterventionKind | list[InterventionKind] = "add"
     clamp_coef: FloatParam = 1.0
+    # K-shot vectors: how many training examples one vector is optimized on
+    # jointly (1: the paper's one-shot vectors); see orchestrator.run.expand.
+    shots: IntParam = 1
+    # How a K-shot vector's loss combines its examples' losses: "mean" (the
+    # sum over every target of every example, each weighted 1/K, so a loss
+    # and an lr mean the same at every K) or "sum". Identical at K = 1.
+    shots_loss: Literal["mean", "sum"] = "mean"
     reentrant_layer: int = Field(1, ge=0)
     reentrant_tokens: int = Field(10, ge=1)
 
@@ -156,7 +163,7 @@ class SearchSpace(_Strict):
             token_spec(spec)
         return value
 
-    @field_validator("norm", "lr", "max_iters", "init_norm", "coldness", mode="after")
+    @field_validator("norm", "lr", "max_iters", "init_norm", "coldness", "shots", mode="after")
     @classmethod
     def _positive(cls, value: Any) -> Any:
         if isinstance(value, (IntRange, FloatRange)):

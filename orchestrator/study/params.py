@@ -40,6 +40,7 @@ class TrialParams:
     tokens: TokenSelection
     intervention: InterventionKind
     clamp_coef: float
+    shots: int = 1  # training examples per vector (a trial stored before K-shot: 1)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
@@ -57,6 +58,7 @@ class TrialParams:
             tokens=parse_tokens(str(params["tokens"])),
             intervention=cast(InterventionKind, str(params["intervention"])),
             clamp_coef=float(params["clamp_coef"]),
+            shots=int(params.get("shots", 1)),
             raw=dict(params),
         )
 

@@ -20,7 +20,7 @@ from orchestrator.study.config import FloatRange, IntRange, SearchSpace
 
 SAMPLED = (
     "layer", "norm", "loss", "lr", "max_iters", "init_norm", "coldness", "tokens",
-    "intervention", "clamp_coef",
+    "intervention", "clamp_coef", "shots",
 )  # fmt: skip
 
 
@@ -96,3 +96,11 @@ def grid(space: SearchSpace) -> dict[str, list[Any]]:
         else:
             raise ValueError(f"the grid sampler needs search.{name} as a list, not a float range")
     return out
+
+
+def max_shots(space: SearchSpace) -> int:
+    """The most training examples a vector of this space is optimized on."""
+    value = space.shots
+    if isinstance(value, IntRange):
+        return value.high
+    return max(value) if isinstance(value, list) else value

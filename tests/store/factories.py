@@ -275,6 +275,7 @@ def check_round_trip(study: Any, ctx: StudyContext, trials: list[TrialData]) -> 
         assert r["norm_bound"] == v.norm_bound and r["intervention"] == v.intervention
         assert r["model_id"] == ctx.model_id and r["model_revision"] == ctx.model_revision
         assert r["dtype"] == "float32" and r["seed"] == res.seed
+        assert r["train_example_ids"] == list(v.train_example_ids or (v.example_id,))
         if res.factors is None:
             assert r["affine_a"] is None and r["affine_rank"] is None
         else:

@@ -45,6 +45,7 @@ def test_a_version_1_store_opens_reads_and_takes_new_trials(tmp_path: Path) -> N
     assert st.generations.schema.equals(GENERATIONS_SCHEMA)
     frame = st.joined_frame()
     assert len(frame) == 6 and frame["transfer_n"].eq(4).all()
+    assert frame["train_example_ids"].isna().all()  # a column version 1 did not have
 
     # A resumed run writes new trials, with text, into the old store.
     ctx = make_context("old-study", d_model=8)
@@ -53,7 +54,9 @@ def test_a_version_1_store_opens_reads_and_takes_new_trials(tmp_path: Path) -> N
     assert new.generations is not None
     want = {(g.vector_id, g.eval_example_id): g.steered_text for g in new.generations}
     assert _texts(root, "old-study") == want
-    assert open_study(root, "old-study").joined_frame().shape[0] == 8
+    frame = open_study(root, "old-study").joined_frame().set_index("trial")
+    assert frame.shape[0] == 8 and frame.loc[[0, 1, 2], "train_example_ids"].isna().all()
+    assert [list(x) for x in frame.loc[3, "train_example_ids"]] == [["train-0"], ["train-1"]]
 
     # Compaction merges old and new files; every table reads the same after.
     before = {

@@ -37,6 +37,9 @@ class Assignment:
     example_id: str
     job: VectorJob
     reentrant: ReentrantJob | None = None
+    # Every training example the vector is optimized on, ``example_id`` first
+    # (empty: ``example_id`` alone, a one-shot vector).
+    train_example_ids: tuple[str, ...] = ()
 
 
 @dataclass

@@ -1,0 +1,154 @@
+"""K-shot vectors: ``shots: 1`` is the one-shot study unchanged; a K-shot
+vector is the optimum of the mean (or summed) loss over its K prompts; the
+training sets are seeded, disjoint where the split allows, and stored."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from reference import adding
+from sweep_helpers import audit, tiny_config
+
+from orchestrator.datasets import builtin_task
+from orchestrator.run.expand import build_assignment, training_sets
+from orchestrator.run.pools import LocalPool
+from orchestrator.run.preflight import PreflightError, prepare
+from orchestrator.run.runner import identity_hash, run_study
+from orchestrator.store import open_study, redact
+from orchestrator.study.config import SearchSpace
+from orchestrator.study.params import TrialParams
+from workers.engine.loop import optimize
+from workers.service.stream import StreamingEngine
+
+PARAMS = {"layer": 1, "norm": 2.0, "loss": "promote", "lr": 0.3, "max_iters": 6,
+          "init_norm": 1.0, "coldness": 0.7, "tokens": "all", "intervention": "add",
+          "clamp_coef": 1.0}  # fmt: skip
+
+
+def reference_multi_prompt(lm: Any, job: Any, steps: int) -> np.ndarray:
+    """torch.optim.Adam on sum over prompts and targets of weight * (-log p) in
+    units of log_base, full logits, one vector added at every position."""
+    from workers.engine.adam import initial_params
+
+    v = initial_params(job, lm.d_model, 0)[0].clone()
+    v = (v * min(1.0, job.norm_bound / float(v.norm()))).requires_grad_(True)
+    opt = torch.optim.Adam([v], lr=job.lr)
+    for _ in range(steps):
+        loss = torch.zeros(())
+        for scored in job.prompts:
+            p_ids = lm.encode_prompt(scored.prompt)
+            for target in scored.targets:
+                t_ids = lm.encode_target(target.text)
+                with adding(lm, job.layers[0], v):
+                    logits = lm.model(input_ids=torch.tensor([p_ids + t_ids])).logits[0].float()
+                logp = torch.log_softmax(job.loss.coldness * logits, dim=-1)
+                nll = sum(-logp[len(p_ids) + k - 1, tok] for k, tok in enumerate(t_ids))
+                loss = loss + target.weight * nll / math.log(job.loss.log_base)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            if v.norm() > job.norm_bound:
+                v.mul_(job.norm_bound / v.norm())
+    return v.detach().numpy()
+
+
+@pytest.mark.parametrize("how", ["mean", "sum"])
+def test_a_k_shot_vector_is_the_optimum_of_its_combined_loss(tiny_llama: Any, how: str) -> None:
+    train = builtin_task("refusal").train
+    params = TrialParams.from_params({**PARAMS, "shots": 3})
+    a = build_assignment("v", 0, train[0], params, SearchSpace(), study_seed=0, log_base=10.0,
+                         also=train[1:3], shots_loss=how)  # fmt: skip
+    assert a.train_example_ids == tuple(e.id for e in train[:3])
+    assert len(a.job.prompts) == 3
+    w = {t.weight for p in a.job.prompts for t in p.targets}
+    assert w == ({1 / 3} if how == "mean" else {1.0})
+    [ours] = optimize(tiny_llama, [a.job])
+    expected = reference_multi_prompt(tiny_llama, a.job, 6)
+    assert ours.iterations == 6
+    np.testing.assert_allclose(ours.vector, expected, atol=2e-5)
+
+
+def test_one_shot_assignments_are_what_they_were(tiny_llama: Any) -> None:
+    """With no extra examples the job has the anchor's own prompt and targets,
+    untouched weights and thresholds, as before K-shot existed."""
+    train = builtin_task("refusal").train
+    params = TrialParams.from_params(PARAMS)  # a trial stored before `shots`: K = 1
+    assert params.shots == 1
+    assert training_sets(train[:3], train, 1, study_seed=0, trial=5) == [[e] for e in train[:3]]
+    a = build_assignment("v", 0, train[0], params, SearchSpace(), study_seed=0, log_base=10.0)
+    [prompt] = a.job.prompts
+    assert prompt.prompt == train[0].prompt
+    want = tuple(t for t in train[0].scored_prompt(10.0).targets if t.kind == "promote")
+    assert prompt.targets == want
+
+
+def test_training_sets_are_seeded_disjoint_where_possible_and_start_at_the_anchor() -> None:
+    pool = builtin_task("refusal").train
+    assert len(pool) >= 9
+    anchors = pool[:3]
+    sets = training_sets(anchors, pool[:9], 3, study_seed=1, trial=7)
+    ids = [[e.id for e in s] for s in sets]
+    assert [s[0] for s in ids] == [a.id for a in anchors]
+    assert all(len(set(s)) == 3 for s in ids)
+    flat = [i for s in ids for i in s]
+    assert len(flat) == len(set(flat)) == 9  # disjoint: 3 x 3 fits in 9
+    again = training_sets(anchors, pool[:9], 3, study_seed=1, trial=7)
+    assert [[e.id for e in s] for s in again] == ids
+    others = {tuple(e.id for e in s) for t in range(8)
+              for s in training_sets(anchors, pool[:9], 3, study_seed=1, trial=t)}  # fmt: skip
+    assert len(others) > 3, "the draw should depend on the trial"
+    # Too few examples for disjoint sets: every example used as evenly as possible.
+    tight = training_sets(anchors, pool[:5], 3, study_seed=1, trial=7)
+    use = Counter(e.id for s in tight for e in s)
+    assert sum(use.values()) == 9 and max(use.values()) - min(use.values()) <= 1
+    assert all(len({e.id for e in s}) == 3 for s in tight)  # without replacement
+
+
+def test_a_k_shot_study_stores_each_vectors_training_set(tmp_path: Any, tiny_llama: Any) -> None:
+    root = str(tmp_path / "store")
+    cfg = tiny_config(
+        root,
+        n_trials=2,
+        vectors_per_trial=2,
+        sampler={"name": "grid", "seed": 0},
+        trials_in_flight=1,
+        search={"layer": 1, "norm": 4.0, "lr": 0.3, "max_iters": 2, "shots": [1, 3]},
+    )
+    plan = prepare(cfg)
+    assert len(plan.train) == 2 and len(plan.train_pool) > 2
+    run_study(cfg, pool=LocalPool([StreamingEngine(tiny_llama, plan.evaluation, max_rows=4)]),
+              show_progress=False)  # fmt: skip
+    audit(root, "tiny", 2, 2)
+    st = open_study(root, "tiny")
+    shots = {t.number: t.params["shots"] for t in st.completed_trials()}
+    assert sorted(shots.values()) == [1, 3]
+    stored_examples = set(st.examples.to_table(columns=["example_id"]).column(0).to_pylist())
+    for v in st.vectors.to_table(columns=["trial", "example_id", "train_example_ids"]).to_pylist():
+        ids = v["train_example_ids"]
+        assert len(ids) == shots[v["trial"]] == len(set(ids)) and ids[0] == v["example_id"]
+        assert set(ids) <= stored_examples
+        want = training_sets(plan.train, plan.train_pool, shots[v["trial"]],
+                             study_seed=cfg.seed, trial=v["trial"])  # fmt: skip
+        assert ids in [[e.id for e in s] for s in want]
+
+
+def test_a_one_shot_config_keeps_its_identity_and_too_many_shots_is_refused(tmp_path: Any) -> None:
+    plain = tiny_config(str(tmp_path))
+    spelled = tiny_config(str(tmp_path), search={**plain.search.model_dump(), "shots": 1})
+    assert identity_hash(redact(plain.model_dump(mode="json"))) == identity_hash(
+        redact(spelled.model_dump(mode="json"))
+    )
+    old = redact(plain.model_dump(mode="json"))
+    old["search"] = {k: v for k, v in old["search"].items() if k not in ("shots", "shots_loss")}
+    assert identity_hash(old) == identity_hash(redact(plain.model_dump(mode="json")))
+    assert len(prepare(plain, check_store_root=False).train_pool) == plain.vectors_per_trial
+    n = len(builtin_task("refusal").train)
+    with pytest.raises(PreflightError, match=f"search.shots goes up to {n + 1}"):
+        prepare(tiny_config(str(tmp_path), search={"layer": 1, "shots": n + 1}),
+                check_store_root=False)  # fmt: skip
