@@ -4,6 +4,7 @@ Usage (repo root):
     python bench/stream_bench.py                      # both protocols, 2 rounds, alternating
     python bench/stream_bench.py --rounds 2 --quickstart   # and the quickstart, both ways
     python bench/stream_bench.py --engine-check --rounds 3  # the worker-level check alone
+    python bench/stream_bench.py --layer-mix --rounds 3     # mixed steering layers, equal work
 
 The study: the heterogeneous workload of ``bench/engine_bench.py`` on the real
 SmolLM2-135M-Instruct (float32, CPU): 4 training prompts of 20, 80, 140 and
@@ -190,7 +191,12 @@ def engine_check(rounds: int) -> list[dict[str, Any]]:
     8 steps, 16 held-out requests) straight through the worker code, no
     driver: three batches of 8 (``run_assignments``) against one streaming
     engine kept topped up to 16, alternating. Counts the optimizer's steps and
-    their seconds, so the two can be told apart from the evaluation."""
+    their seconds, so the two can be told apart from the evaluation, and per
+    step how many distinct steering layers its rows start at (each layer
+    between the lowest and the highest runs on part of the batch)."""
+    import collections
+
+    import workers.engine.loop as loop_mod
     from orchestrator.datasets import builtin_task
     from orchestrator.run.expand import build_assignment
     from orchestrator.study.config import SearchSpace
@@ -247,10 +253,19 @@ def engine_check(rounds: int) -> list[dict[str, Any]]:
         engine.close()
         return engine.stats
 
+    seen: list[int] = []
+    real_resume = loop_mod.resume
+
+    def counting(lm_: Any, prefix: Any, row_layer: Any) -> Any:
+        seen.append(len(set(row_layer)))
+        return real_resume(lm_, prefix, row_layer)
+
+    loop_mod.resume = counting  # type: ignore[assignment]
     out = []
     for r in range(rounds):
         for name, fn in (("batch", batch), ("stream", stream)):
             before, w0, c0 = load(), time.perf_counter(), time.process_time()
+            seen.clear()
             stats = fn()
             row = {
                 "engine": name, "round": r, "wall_s": time.perf_counter() - w0,
@@ -258,14 +273,46 @@ def engine_check(rounds: int) -> list[dict[str, Any]]:
                 "vector_steps": stats.vector_steps, "step_s": stats.step_s,
                 "rows_per_step": stats.vector_steps / max(stats.steps, 1),
                 "load_before": before, "load_after": load(),
+                "distinct_layers_per_step": dict(sorted(collections.Counter(seen).items())),
             }  # fmt: skip
             print(
                 f"engine check {name:6s} round {r}: wall {row['wall_s']:5.1f} s, cpu "
                 f"{row['cpu_s']:5.1f} s, steps {stats.steps} x {row['rows_per_step']:.1f} rows "
-                f"in {stats.step_s:5.1f} s (load {before:.2f})",
+                f"in {stats.step_s:5.1f} s (load {before:.2f}); distinct layers per step "
+                f"{row['distinct_layers_per_step']}",
                 flush=True,
             )
             out.append(row)
+    return out
+
+
+def layer_mix(rounds: int) -> list[dict[str, Any]]:
+    """Does mixing steering layers in one batch cost time at equal work? Eight
+    4-step jobs at layers (6 x4, 18 x4) against (6, 10, 14, 18 x2): both run
+    the same block-rows (each row computes only its own layers and up), the
+    second with more partial-batch blocks. Alternating, ``rounds`` times."""
+    from workers.engine.loop import EngineStats, optimize
+    from workers.jobs import StopRules, VectorJob, chat
+
+    lm = load_model(SPEC)
+    prompts = [chat("Write a short poem about the sea and the sky, please, in four lines."),
+               chat("What should I pack for a weekend camping trip in the mountains?")]  # fmt: skip
+
+    def jobs(layers: list[int]) -> list[VectorJob]:
+        return [VectorJob.simple(f"j{i}", prompts[i % 2], promote=["I cannot help with that."],
+                                 layer=layer, lr=0.3, norm_bound=8.0, seed=i,
+                                 stop=StopRules(max_iters=4, eps=None))
+                for i, layer in enumerate(layers)]  # fmt: skip
+
+    out = []
+    for r in range(rounds):
+        for name, layers in (("2 layers", [6] * 4 + [18] * 4), ("4 layers", [6, 10, 14, 18] * 2)):
+            before, stats = load(), EngineStats()
+            optimize(lm, jobs(layers), stats=stats)
+            out.append({"round": r, "mix": name, "layers": layers, "steps": stats.steps,
+                        "step_s": stats.step_s, "load_before": before})  # fmt: skip
+            print(f"layer mix {name} round {r}: {stats.step_s:.1f} s for {stats.steps} steps "
+                  f"(load {before:.2f})", flush=True)  # fmt: skip
     return out
 
 
@@ -278,11 +325,24 @@ def main() -> None:
         action="store_true",
         help="only the worker-level check (no driver), --rounds rounds; JSON beside --out",
     )
+    ap.add_argument(
+        "--layer-mix",
+        action="store_true",
+        help="only the layer-mixing check, --rounds rounds; JSON beside --out",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "stream_cpu.json")
     args = ap.parse_args()
     import torch
 
     torch.manual_seed(0)
+    if args.layer_mix:
+        mix = layer_mix(args.rounds)
+        path = args.out.with_name(args.out.stem + "_layer_mix.json")
+        path.write_text(json.dumps({"machine": platform.platform(), "runs": mix,
+                                    "command": " ".join(["python", "bench/stream_bench.py",
+                                                         *sys.argv[1:]])}, indent=2))  # fmt: skip
+        print(f"wrote {path}")
+        return
     if args.engine_check:
         check = engine_check(args.rounds)
         path = args.out.with_name(args.out.stem + "_engine_check.json")

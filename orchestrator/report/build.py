@@ -20,6 +20,7 @@ from orchestrator.report.data import (
     load_report_data,
     read_loss_histories,
     read_vectors,
+    scaling_frame,
     summary_frame,
 )
 from orchestrator.report.history import param_importances
@@ -124,6 +125,18 @@ def build_report(
     )
     sections.append(_cosine_section(st, data, top_ids, figure))
     sections.append(figure("caa_skyline", "One-shot vs the CAA skyline", F.caa_skyline(data)))
+    scaling = scaling_frame(data.one_shot)
+    sections.append(
+        figure(
+            "transfer_vs_shots",
+            "Transfer against the number of training examples (K)",
+            F.transfer_vs_shots(scaling),
+            "Vectors optimized on K training examples jointly (search.shots); per layer, the "
+            "median transfer success over the vectors with that K and its interquartile range. "
+            "The same figures are in summary.parquet (transfer_success_median, _q25, _q75).",
+            frame_table(scaling, list(scaling.columns)) if scaling["shots"].nunique() > 1 else "",
+        )
+    )
     sections += tables(st, data, top)
 
     counts = data.trials["state"].value_counts().to_dict() if not data.trials.empty else {}

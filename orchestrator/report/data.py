@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 CAA_KIND = "caa"
 """``loss_kind`` of a stored CAA skyline vector (§2.1.3)."""
 
-SUMMARY_KEYS = ["loss_kind", "norm_bound", "layer"]
+SUMMARY_KEYS = ["loss_kind", "norm_bound", "shots", "layer"]
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,41 @@ def load_report_data(study: Study, root: str) -> ReportData:
         Objective(objective_label(o, unit), str(o.get("direction", "maximize"))) for o in objs
     ]
     frame = frame.merge(logprob_gain(study), on="vector_id", how="left")
+    frame["shots"] = shots_of(frame)
     if frame.empty:
         vectors = pd.DataFrame(columns=[*frame.columns, "rank"])
     else:
         vectors = rank_vectors(frame, objectives[0].direction)
     return ReportData(study.name, root, config, trials, vectors, objectives, log_base, notes)
+
+
+def shots_of(frame: pd.DataFrame) -> list[int]:
+    """Training examples per vector (K): the length of ``train_example_ids``;
+    1 where a store written before K-shot vectors has no list."""
+    if "train_example_ids" not in frame:
+        return [1] * len(frame)
+    return [1 if ids is None or not len(ids) else len(ids) for ids in frame["train_example_ids"]]
+
+
+def scaling_frame(vectors: pd.DataFrame) -> pd.DataFrame:
+    """Transfer against the number of training examples: one row per (layer,
+    shots) with the vector count and the median, 25th and 75th percentile of
+    transfer success (the table behind the transfer-vs-K figure)."""
+    import pandas as pd
+
+    cols = ["layer", "shots", "n_vectors", "median", "q25", "q75"]
+    if vectors.empty:
+        return pd.DataFrame(columns=cols)
+    g = vectors.groupby(["layer", "shots"])["transfer_success"]
+    out = pd.DataFrame(
+        {
+            "n_vectors": g.size(),
+            "median": g.median(),
+            "q25": g.quantile(0.25),
+            "q75": g.quantile(0.75),
+        }
+    ).reset_index()
+    return out[cols].sort_values(["layer", "shots"]).reset_index(drop=True)
 
 
 def logprob_gain(study: Study) -> pd.DataFrame:
@@ -156,9 +186,11 @@ def rank_vectors(frame: pd.DataFrame, direction: str) -> pd.DataFrame:
 
 
 def summary_frame(vectors: pd.DataFrame) -> pd.DataFrame:
-    """One row per (loss kind, norm bound, layer): vector and trial counts,
-    mean / median / max transfer success (0..1), mean target log-probability
-    gain and mean final training loss (both in units of the study's log base). A missing norm bound (unbounded) is NaN."""
+    """One row per (loss kind, norm bound, shots, layer): vector and trial
+    counts, mean / median / 25th and 75th percentile / max transfer success
+    (0..1), mean target log-probability gain and mean final training loss
+    (both in units of the study's log base). ``shots`` is K, the training
+    examples per vector (1: one-shot). A missing norm bound (unbounded) is NaN."""
     import pandas as pd
 
     cols = [
@@ -167,13 +199,21 @@ def summary_frame(vectors: pd.DataFrame) -> pd.DataFrame:
         "n_trials",
         "transfer_success_mean",
         "transfer_success_median",
+        "transfer_success_q25",
+        "transfer_success_q75",
         "transfer_success_max",
         "logprob_gain_mean",
         "final_loss_mean",
     ]
     if vectors.empty:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols}).astype(
-            {"loss_kind": "string", "layer": "int32", "n_vectors": "int64", "n_trials": "int64"}
+            {
+                "loss_kind": "string",
+                "layer": "int32",
+                "shots": "int64",
+                "n_vectors": "int64",
+                "n_trials": "int64",
+            }  # fmt: skip
         )
     g = vectors.groupby(SUMMARY_KEYS, dropna=False)
     out = g.agg(
@@ -181,6 +221,8 @@ def summary_frame(vectors: pd.DataFrame) -> pd.DataFrame:
         n_trials=("trial", "nunique"),
         transfer_success_mean=("transfer_success", "mean"),
         transfer_success_median=("transfer_success", "median"),
+        transfer_success_q25=("transfer_success", lambda s: s.quantile(0.25)),
+        transfer_success_q75=("transfer_success", lambda s: s.quantile(0.75)),
         transfer_success_max=("transfer_success", "max"),
         logprob_gain_mean=("logprob_gain", "mean"),
         final_loss_mean=("final_loss", "mean"),

@@ -31,6 +31,7 @@ SIZES_PX = {
     "loss_curves": (1100, 480),
     "cosine_similarity": (900, 760),
     "caa_skyline": (1100, 460),
+    "transfer_vs_shots": (1000, 520),
 }
 SUCCESS_LABEL = "transfer success (probability)"
 
@@ -54,14 +55,17 @@ def transfer_heatmap(summary: pd.DataFrame, unit: str) -> Figure | str:
     gain; each cell shows the mean and its vector count."""
     if summary.empty:
         return "no vectors with transfer results stored"
-    rows = summary[["loss_kind", "norm_bound"]].drop_duplicates().itertuples(index=False)
-    row_keys = [(str(k), n) for k, n in rows]
+    rows = summary[["loss_kind", "norm_bound", "shots"]].drop_duplicates().itertuples(index=False)
+    row_keys = [(str(k), n, int(s)) for k, n, s in rows]
+    several_k = len({s for _, _, s in row_keys}) > 1
     layers = sorted(int(x) for x in summary["layer"].unique())
     shape = (len(row_keys), len(layers))
     success, gain, count = np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape, int)
     for r in summary.itertuples(index=False):
         i = next(
-            j for j, (k, n) in enumerate(row_keys) if k == r.loss_kind and _same(n, r.norm_bound)
+            j
+            for j, (k, n, s) in enumerate(row_keys)
+            if k == r.loss_kind and _same(n, r.norm_bound) and s == int(r.shots)
         )
         j = layers.index(int(r.layer))
         success[i, j], gain[i, j], count[i, j] = (
@@ -87,9 +91,12 @@ def transfer_heatmap(summary: pd.DataFrame, unit: str) -> Figure | str:
         ax.set_facecolor("#e8e8e8")  # cells without vectors
         im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
         ax.set_xticks(range(len(layers)), [str(x) for x in layers])
-        ax.set_yticks(range(len(row_keys)), [f"{k}, {_norm_text(n)}" for k, n in row_keys])
+        ax.set_yticks(
+            range(len(row_keys)),
+            [f"{k}, {_norm_text(n)}" + (f", K = {s}" if several_k else "") for k, n, s in row_keys],
+        )
         ax.set_xlabel("layer (the vector is added at the input of this block)")
-        ax.set_ylabel("loss kind, norm bound r")
+        ax.set_ylabel("loss kind, norm bound r" + (", shots K" if several_k else ""))
         ax.set_title(f"{title} by layer (cell: mean, n = vectors)")
         if m.size <= 300:
             _annotate(ax, m, count, lo, hi, 9 if m.size <= 100 else 7)
@@ -371,4 +378,29 @@ def caa_skyline(data: ReportData) -> Figure | str:
     ax.set_ylim(-0.03, 1.05)
     ax.set_title("One-shot vectors against the CAA skyline")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def transfer_vs_shots(scaling: pd.DataFrame) -> Figure | str:
+    """Median transfer success (and the interquartile range as a band) against
+    K, the training examples per vector, one line per layer."""
+    if scaling.empty:
+        return "no vectors with transfer results stored"
+    ks = sorted(int(k) for k in scaling["shots"].unique())
+    if len(ks) < 2:
+        return f"every vector was trained on {ks[0]} example(s): no scaling with K to show"
+    fig = new_figure("transfer_vs_shots")
+    ax = fig.subplots()
+    layers = sorted(int(x) for x in scaling["layer"].unique())
+    for color, layer in zip(_palette(len(layers)), layers, strict=True):
+        d = scaling[scaling["layer"] == layer].sort_values("shots")
+        ax.fill_between(d["shots"], d["q25"], d["q75"], color=color, alpha=0.2, linewidth=0)
+        ax.plot(d["shots"], d["median"], marker="o", color=color, label=f"layer {layer}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("K: training examples per vector")
+    ax.set_ylabel(SUCCESS_LABEL)
+    ax.set_title("Transfer success against K (line: median; band: 25th-75th percentile)")
+    ax.legend(loc="best")
     return fig

@@ -7,7 +7,8 @@ rows were written, then the commit marker was lost), which a report must
 leave out. By default it has no ``generations`` table, like a study written
 before the store had one; ``generations=True`` stores steered and unsteered
 text for every vector and held-out example, with markup in it, and leaves
-out the judge row of ``UNJUDGED``.
+out the judge row of ``UNJUDGED``. ``shots=True`` makes K-shot vectors: trial
+n's vectors are trained on K = 1 + (n // 2) % 3 examples.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def build_study(
     caa: bool = True,
     seed: int = 0,
     generations: bool = False,
+    shots: bool = False,
 ) -> Built:
     rng = np.random.default_rng(seed)
     objs = [
@@ -156,10 +158,19 @@ def build_study(
         vecs, rows, gens = [], [], []
         skip = UNJUDGED if generations else None
         if state != "FAIL":
+            k = 1 + (number // 2) % 3 if shots else 1
             for j, ex in enumerate(EXAMPLES):
                 res = _vector(rng, number, j, layer, steps=int(rng.integers(3, 9)))
+                others = tuple(e for e in EXAMPLES if e != ex)[: k - 1]
                 vecs.append(
-                    VectorRecord(res, example_id=ex, loss_kind=kind, lr=lr, norm_bound=norm)
+                    VectorRecord(
+                        res,
+                        example_id=ex,
+                        loss_kind=kind,
+                        lr=lr,
+                        norm_bound=norm,
+                        train_example_ids=(ex, *others),
+                    )  # fmt: skip
                 )
                 rows += _transfer(rng, vector_id(study, number, ex), kind, skip)
                 gens += _generations(vector_id(study, number, ex))

@@ -26,7 +26,8 @@ def direct_vectors(root: Path, study: str) -> pd.DataFrame:
     lp = lp.assign(gain=np.where(lp["metric"].str.contains(":suppress:"), -delta, delta))
     gain = lp.groupby("vector_id")["gain"].mean()
     v = vec.merge(trials[trials["state"].isin(["COMPLETE", "PRUNED"])], on="trial")
-    return v.assign(success=v["vector_id"].map(success), gain=v["vector_id"].map(gain))
+    shots = [len(ids) for ids in v["train_example_ids"]]
+    return v.assign(success=v["vector_id"].map(success), gain=v["vector_id"].map(gain), shots=shots)
 
 
 def direct_top(root: Path, study: str, n: int) -> list[str]:

@@ -18,7 +18,7 @@ from orchestrator.report.history import best_so_far, param_importances, pareto_m
 from orchestrator.store import open_study
 from report.direct import direct_top, direct_vectors, raw_table
 
-KEYS = ["loss_kind", "norm_bound", "layer"]
+KEYS = ["loss_kind", "norm_bound", "shots", "layer"]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,8 @@ def test_summary_equals_a_direct_pandas_computation(built) -> None:
             n_trials=("trial", "nunique"),
             transfer_success_mean=("success", "mean"),
             transfer_success_median=("success", "median"),
+            transfer_success_q25=("success", lambda s: s.quantile(0.25)),
+            transfer_success_q75=("success", lambda s: s.quantile(0.75)),
             transfer_success_max=("success", "max"),
             logprob_gain_mean=("gain", "mean"),
             final_loss_mean=("final_loss", "mean"),
@@ -59,8 +61,11 @@ def test_summary_equals_a_direct_pandas_computation(built) -> None:
 def test_every_figure_is_written_at_its_size_and_referenced(built) -> None:
     b, res = built
     # a single-objective study: every figure but the Pareto front
-    assert set(res.figures) == set(SIZES_PX) - {"pareto_front"}
-    assert res.missing == {"pareto_front": "single-objective study: no Pareto front"}
+    assert set(res.figures) == set(SIZES_PX) - {"pareto_front", "transfer_vs_shots"}
+    assert res.missing == {
+        "pareto_front": "single-objective study: no Pareto front",
+        "transfer_vs_shots": "every vector was trained on 1 example(s): no scaling with K to show",
+    }
     page = res.html.read_text(encoding="utf-8")
     for name, path in res.figures.items():
         assert path.stat().st_size > 0
