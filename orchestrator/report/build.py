@@ -137,6 +137,7 @@ def build_report(
             frame_table(scaling, list(scaling.columns)) if scaling["shots"].nunique() > 1 else "",
         )
     )
+    sections.append(_predictors_section(st, data))
     sections += tables(st, data, top)
 
     counts = data.trials["state"].value_counts().to_dict() if not data.trials.empty else {}
@@ -228,3 +229,32 @@ def _cosine_section(
         "a layer (L). The paper's §3.3 found a median of 0.031 for norm-15 vectors.",
         extra,
     )
+
+
+def _predictors_section(st: Study, data: ReportData) -> Section:
+    """Spearman's correlation of each cheap signal with transfer success, and a
+    cross-validated predictor's ROC-AUC (see ``orchestrator.report.predictors``)."""
+    from orchestrator.report import predictors as P
+
+    title = "What predicts transfer"
+    if data.one_shot.empty:
+        return Section(title, missing="no vectors with transfer results stored")
+    sig = P.signals(st, data)
+    corr = P.correlations(sig)
+    pred = P.cross_validated_auc(sig)
+    if pred.auc is None:
+        verdict = f"No cross-validated predictor: {pred.why}."
+    else:
+        verdict = (
+            f"A logistic regression on {', '.join(pred.features)} tells the vectors above the "
+            f"median transfer success from the rest with a 5-fold cross-validated ROC-AUC of "
+            f"{pred.auc:.3f} ({pred.n} vectors; 0.5 is chance)."
+        )
+    caption = (
+        "Per signal, Spearman's rank correlation with transfer success over the vectors it is "
+        "defined for (NaN: constant there). final_loss and loss_ratio: the training loss; "
+        "early_drop: the share of the loss drop reached by half the steps; cos_caa and "
+        "cos_others: cosine similarity to the CAA vector and to the study's other vectors at "
+        "the same layer. " + verdict
+    )
+    return Section(title, caption=caption, extra=frame_table(corr, list(corr.columns)))

@@ -1,0 +1,180 @@
+"""What predicts transfer: cheap per-vector signals from the store, their rank
+correlation with transfer success, and a cross-validated predictor.
+
+Signals (one row per optimized vector, CAA skyline rows left out):
+
+- ``final_loss``: the training loss on the vector's own examples at the end;
+- ``loss_ratio``: final over initial training loss;
+- ``early_drop``: the share of the whole loss drop reached by half of the
+  steps (1: all of it early, 0: none of it), the loss curve's shape;
+- ``final_norm``, ``layer``, ``shots`` (K);
+- ``cos_caa``: cosine similarity to the study's CAA vector at the same layer
+  (NaN without one);
+- ``cos_others``: mean cosine similarity to the study's other vectors at the
+  same layer.
+
+:func:`correlations` gives Spearman's rank correlation of each signal with
+transfer success. :func:`cross_validated_auc` fits an L2-regularized logistic
+regression on the standardized signals to tell vectors above the study's
+median transfer success from the rest, and scores it by ROC-AUC on held-out
+folds. The model is fitted by Newton's method in numpy: five to eight
+features need no scikit-learn (which the project would otherwise have to
+install everywhere the report runs); the AUC is the Mann-Whitney statistic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from orchestrator.report.data import CAA_KIND, ReportData, read_loss_histories, read_vectors
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from orchestrator.store import Study
+
+SIGNALS = (
+    "final_loss", "loss_ratio", "early_drop", "final_norm", "layer", "shots", "cos_caa",
+    "cos_others",
+)  # fmt: skip
+MIN_VECTORS = 12  # fewer and a 5-fold cross-validated AUC says nothing
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A cross-validated predictor's result: ROC-AUC on held-out folds (None
+    when it could not be fitted, with ``why``), the vectors and the signals used."""
+
+    auc: float | None
+    n: int
+    features: tuple[str, ...]
+    why: str = ""
+
+
+def signals(st: Study, data: ReportData) -> pd.DataFrame:
+    """The signals of every one-shot (or K-shot) vector of ``data``, with its
+    ``vector_id`` and ``transfer_success``."""
+    v = data.vectors
+    caa = v[v["loss_kind"] == CAA_KIND]
+    own = v[v["loss_kind"] != CAA_KIND].reset_index(drop=True)
+    out = own[["vector_id", "transfer_success", "final_loss", "final_norm", "layer", "shots"]]
+    out = out.copy()
+    out["loss_ratio"] = own["final_loss"] / own["initial_loss"].where(own["initial_loss"] != 0)
+    histories = read_loss_histories(st, [str(x) for x in own["vector_id"]])
+    out["early_drop"] = [early_drop(histories.get(str(x), [])) for x in own["vector_id"]]
+    ids, mat = read_vectors(st, [str(x) for x in v["vector_id"]])
+    unit = _unit_rows(mat)
+    row = {vid: i for i, vid in enumerate(ids)}
+    layer_of = dict(zip(v["vector_id"].astype(str), v["layer"].astype(int), strict=True))
+    caa_at = {int(r.layer): str(r.vector_id) for r in caa.itertuples()}
+    cos_caa, cos_others = [], []
+    for vid in out["vector_id"].astype(str):
+        i, layer = row.get(vid), layer_of[vid]
+        c = caa_at.get(layer)
+        cos_caa.append(
+            float(unit[i] @ unit[row[c]]) if i is not None and c in row else float("nan")
+        )
+        peers = [row[p] for p in out["vector_id"].astype(str) if p != vid and layer_of[p] == layer
+                 and p in row]  # fmt: skip
+        cos_others.append(
+            float(np.mean(unit[peers] @ unit[i])) if peers and i is not None else float("nan")
+        )
+    out["cos_caa"] = cos_caa
+    out["cos_others"] = cos_others
+    return out[["vector_id", "transfer_success", *SIGNALS]]
+
+
+def early_drop(history: list[float]) -> float:
+    """The share of the loss drop from the first to the last step that half the
+    steps reached; NaN for a curve with fewer than 3 points or no drop."""
+    if len(history) < 3:
+        return float("nan")
+    total = history[0] - history[-1]
+    if not total > 0:
+        return float("nan")
+    return float((history[0] - history[len(history) // 2]) / total)
+
+
+def _unit_rows(mat: np.ndarray) -> np.ndarray:
+    if mat.size == 0:
+        return mat
+    norms = np.linalg.norm(mat, axis=1, keepdims=True)
+    return mat / np.where(norms > 0, norms, 1.0)
+
+
+def correlations(sig: pd.DataFrame) -> pd.DataFrame:
+    """Per signal: the vectors it is defined for and Spearman's rank
+    correlation with transfer success (NaN when the signal or the success is
+    constant over them)."""
+    import pandas as pd
+
+    rows = []
+    for name in SIGNALS:
+        d = sig[[name, "transfer_success"]].dropna()
+        rho = float("nan")
+        if len(d) >= 3 and d[name].nunique() > 1 and d["transfer_success"].nunique() > 1:
+            # Spearman's rho: Pearson's on the ranks (ties share their mean rank).
+            rho = float(d[name].rank().corr(d["transfer_success"].rank()))
+        rows.append({"signal": name, "n_vectors": len(d), "spearman": rho})
+    return pd.DataFrame(rows)
+
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """The probability that a random positive scores above a random negative
+    (ties count one half): the Mann-Whitney form of the ROC-AUC."""
+    pos, neg = score[y == 1], score[y == 0]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50) -> np.ndarray:
+    """Weights (intercept first) of an L2-regularized logistic regression,
+    by Newton's method; the intercept is not penalized."""
+    xb = np.hstack([np.ones((len(x), 1)), x])
+    w = np.zeros(xb.shape[1])
+    penalty = np.full(xb.shape[1], l2)
+    penalty[0] = 0.0
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(xb @ w, -30, 30)))
+        grad = xb.T @ (p - y) + penalty * w
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(penalty) + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if float(np.abs(step).max()) < 1e-8:
+            break
+    return w
+
+
+def cross_validated_auc(sig: pd.DataFrame, folds: int = 5, seed: int = 0) -> Prediction:
+    """Out-of-fold ROC-AUC of a logistic regression telling the vectors above
+    the median transfer success from the others (folds stratified by class,
+    drawn with ``seed``)."""
+    usable = [n for n in SIGNALS if sig[n].notna().all() and sig[n].nunique() > 1]
+    n = len(sig)
+    if n < MIN_VECTORS:
+        return Prediction(None, n, tuple(usable), f"{n} vectors; the predictor needs {MIN_VECTORS}")
+    y = (sig["transfer_success"] > sig["transfer_success"].median()).to_numpy(int)
+    if y.sum() < folds or (1 - y).sum() < folds:
+        return Prediction(None, n, tuple(usable), "too few vectors above or below the median")
+    if not usable:
+        return Prediction(None, n, (), "no signal varies across the vectors")
+    x = sig[usable].to_numpy(float)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(n, int)
+    for cls in (0, 1):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        fold[idx] = np.arange(len(idx)) % folds
+    score = np.empty(n)
+    for f in range(folds):
+        test, train = fold == f, fold != f
+        mu, sd = x[train].mean(0), x[train].std(0)
+        sd = np.where(sd > 0, sd, 1.0)
+        w = fit_logistic((x[train] - mu) / sd, y[train])
+        score[test] = np.hstack([np.ones((test.sum(), 1)), (x[test] - mu) / sd]) @ w
+    return Prediction(roc_auc(y, score), n, tuple(usable))
