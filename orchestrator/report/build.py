@@ -247,12 +247,13 @@ def _predictors_section(st: Study, data: ReportData) -> Section:
     else:
         verdict = (
             f"A logistic regression on {', '.join(pred.features)} tells the vectors above the "
-            f"median transfer success from the rest with a 5-fold cross-validated ROC-AUC of "
+            f"median {pred.outcome} from the rest with a 5-fold cross-validated ROC-AUC of "
             f"{pred.auc:.3f} ({pred.n} vectors; 0.5 is chance)."
         )
     caption = (
-        "Per signal, Spearman's rank correlation with transfer success over the vectors it is "
-        "defined for (NaN: constant there). final_loss and loss_ratio: the training loss; "
+        "Per signal, Spearman's rank correlation with transfer success (spearman) and with "
+        "the target log-probability gain (spearman_gain) over the vectors it is defined for "
+        "(NaN: constant there). final_loss and loss_ratio: the training loss; "
         "early_drop: the share of the loss drop reached by half the steps; cos_caa and "
         "cos_others: cosine similarity to the CAA vector and to the study's other vectors at "
         "the same layer. " + verdict

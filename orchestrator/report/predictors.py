@@ -14,10 +14,13 @@ Signals (one row per optimized vector, CAA skyline rows left out):
   same layer.
 
 :func:`correlations` gives Spearman's rank correlation of each signal with
-transfer success. :func:`cross_validated_auc` fits an L2-regularized logistic
-regression on the standardized signals to tell vectors above the study's
-median transfer success from the rest, and scores it by ROC-AUC on held-out
-folds. The model is fitted by Newton's method in numpy: five to eight
+transfer success and with the target log-probability gain (transfer success
+is a share of thresholded rows and often saturates at 1 for a strong vector;
+the gain keeps ranking them). :func:`cross_validated_auc` fits an
+L2-regularized logistic regression on the standardized signals to tell
+vectors above the study's median outcome from the rest, and scores it by
+ROC-AUC on held-out folds; the outcome is transfer success, or the gain when
+success is the same for every vector. The model is fitted by Newton's method in numpy: five to eight
 features need no scikit-learn (which the project would otherwise have to
 install everywhere the report runs); the AUC is the Mann-Whitney statistic.
 """
@@ -52,6 +55,7 @@ class Prediction:
     n: int
     features: tuple[str, ...]
     why: str = ""
+    outcome: str = "transfer_success"
 
 
 def signals(st: Study, data: ReportData) -> pd.DataFrame:
@@ -60,7 +64,9 @@ def signals(st: Study, data: ReportData) -> pd.DataFrame:
     v = data.vectors
     caa = v[v["loss_kind"] == CAA_KIND]
     own = v[v["loss_kind"] != CAA_KIND].reset_index(drop=True)
-    out = own[["vector_id", "transfer_success", "final_loss", "final_norm", "layer", "shots"]]
+    keep = ["vector_id", "transfer_success", "logprob_gain", "final_loss", "final_norm", "layer",
+            "shots"]  # fmt: skip
+    out = own[keep]
     out = out.copy()
     out["loss_ratio"] = own["final_loss"] / own["initial_loss"].where(own["initial_loss"] != 0)
     histories = read_loss_histories(st, [str(x) for x in own["vector_id"]])
@@ -84,7 +90,7 @@ def signals(st: Study, data: ReportData) -> pd.DataFrame:
         )
     out["cos_caa"] = cos_caa
     out["cos_others"] = cos_others
-    return out[["vector_id", "transfer_success", *SIGNALS]]
+    return out[["vector_id", "transfer_success", "logprob_gain", *SIGNALS]]
 
 
 def early_drop(history: list[float]) -> float:
@@ -107,19 +113,34 @@ def _unit_rows(mat: np.ndarray) -> np.ndarray:
 
 def correlations(sig: pd.DataFrame) -> pd.DataFrame:
     """Per signal: the vectors it is defined for and Spearman's rank
-    correlation with transfer success (NaN when the signal or the success is
-    constant over them)."""
+    correlation with transfer success (``spearman``) and with the log-prob
+    gain (``spearman_gain``); NaN where either side is constant."""
     import pandas as pd
 
     rows = []
     for name in SIGNALS:
         d = sig[[name, "transfer_success"]].dropna()
-        rho = float("nan")
-        if len(d) >= 3 and d[name].nunique() > 1 and d["transfer_success"].nunique() > 1:
-            # Spearman's rho: Pearson's on the ranks (ties share their mean rank).
-            rho = float(d[name].rank().corr(d["transfer_success"].rank()))
-        rows.append({"signal": name, "n_vectors": len(d), "spearman": rho})
+        rows.append(
+            {
+                "signal": name,
+                "n_vectors": len(d),
+                "spearman": spearman(sig[name], sig["transfer_success"]),
+                "spearman_gain": spearman(sig[name], sig["logprob_gain"]),
+            }
+        )
     return pd.DataFrame(rows)
+
+
+def spearman(a: pd.Series, b: pd.Series) -> float:
+    """Spearman's rho over the rows where both are defined: Pearson's
+    correlation of the ranks (ties share their mean rank); NaN for fewer than
+    3 rows or a constant side."""
+    import pandas as pd
+
+    d = pd.DataFrame({"a": a, "b": b}).dropna()
+    if len(d) < 3 or d["a"].nunique() < 2 or d["b"].nunique() < 2:
+        return float("nan")
+    return float(d["a"].rank().corr(d["b"].rank()))
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
@@ -157,13 +178,18 @@ def cross_validated_auc(sig: pd.DataFrame, folds: int = 5, seed: int = 0) -> Pre
     drawn with ``seed``)."""
     usable = [n for n in SIGNALS if sig[n].notna().all() and sig[n].nunique() > 1]
     n = len(sig)
+    outcome = "transfer_success"
+    if sig[outcome].nunique() < 2 and sig["logprob_gain"].notna().all():
+        outcome = "logprob_gain"  # success saturated: rank by how far targets moved
     if n < MIN_VECTORS:
-        return Prediction(None, n, tuple(usable), f"{n} vectors; the predictor needs {MIN_VECTORS}")
-    y = (sig["transfer_success"] > sig["transfer_success"].median()).to_numpy(int)
+        why = f"{n} vectors; the predictor needs {MIN_VECTORS}"
+        return Prediction(None, n, tuple(usable), why, outcome)
+    y = (sig[outcome] > sig[outcome].median()).to_numpy(int)
     if y.sum() < folds or (1 - y).sum() < folds:
-        return Prediction(None, n, tuple(usable), "too few vectors above or below the median")
+        why = f"too few vectors above or below the median {outcome}"
+        return Prediction(None, n, tuple(usable), why, outcome)
     if not usable:
-        return Prediction(None, n, (), "no signal varies across the vectors")
+        return Prediction(None, n, (), "no signal varies across the vectors", outcome)
     x = sig[usable].to_numpy(float)
     rng = np.random.default_rng(seed)
     fold = np.empty(n, int)
@@ -177,4 +203,4 @@ def cross_validated_auc(sig: pd.DataFrame, folds: int = 5, seed: int = 0) -> Pre
         sd = np.where(sd > 0, sd, 1.0)
         w = fit_logistic((x[train] - mu) / sd, y[train])
         score[test] = np.hstack([np.ones((test.sum(), 1)), (x[test] - mu) / sd]) @ w
-    return Prediction(roc_auc(y, score), n, tuple(usable))
+    return Prediction(roc_auc(y, score), n, tuple(usable), outcome=outcome)

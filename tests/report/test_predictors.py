@@ -32,6 +32,7 @@ def test_the_predictor_finds_a_real_signal_and_not_a_shuffled_one() -> None:
     frame = pd.DataFrame({name: rng.normal(size=n) for name in P.SIGNALS})
     frame["transfer_success"] = 1 / (1 + np.exp(-3 * frame["final_norm"])) + rng.normal(0, 0.05, n)
     frame["vector_id"] = [f"v{i}" for i in range(n)]
+    frame["logprob_gain"] = rng.normal(size=n)
     real = P.cross_validated_auc(frame)
     assert real.auc is not None and real.auc > 0.85 and real.n == n
     shuffled = frame.assign(transfer_success=rng.permutation(frame["transfer_success"].to_numpy()))
@@ -39,6 +40,10 @@ def test_the_predictor_finds_a_real_signal_and_not_a_shuffled_one() -> None:
     assert noise.auc is not None and 0.25 < noise.auc < 0.75
     few = P.cross_validated_auc(frame.head(P.MIN_VECTORS - 1))
     assert few.auc is None and "needs" in few.why
+    # Success saturated (every vector 1.0): the gain is the outcome instead.
+    sat = frame.assign(transfer_success=1.0, logprob_gain=frame["final_norm"] * 2)
+    by_gain = P.cross_validated_auc(sat)
+    assert by_gain.outcome == "logprob_gain" and by_gain.auc is not None and by_gain.auc > 0.85
 
 
 def test_logistic_fit_recovers_the_direction_of_the_weights() -> None:
@@ -65,6 +70,8 @@ def test_the_reports_correlations_equal_a_direct_computation(tmp_path: Path) -> 
     for name in ("final_loss", "final_norm", "layer"):
         want = v[[name, "success"]].corr(method="spearman").iloc[0, 1]
         assert corr.loc[name, "spearman"] == pytest.approx(want), name
+        want = v[[name, "gain"]].corr(method="spearman").iloc[0, 1]
+        assert corr.loc[name, "spearman_gain"] == pytest.approx(want), name
         assert corr.loc[name, "n_vectors"] == len(v)
     assert np.isnan(corr.loc["shots", "spearman"])  # every vector is one-shot here
     # The study has a CAA vector at layer 2 only: cos_caa is defined there alone.
