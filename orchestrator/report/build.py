@@ -130,10 +130,10 @@ def build_report(
         figure(
             "transfer_vs_shots",
             "Transfer against the number of training examples (K)",
-            F.transfer_vs_shots(scaling),
+            F.transfer_vs_shots(scaling, data.unit),
             "Vectors optimized on K training examples jointly (search.shots); per layer, the "
-            "median transfer success over the vectors with that K and its interquartile range. "
-            "The same figures are in summary.parquet (transfer_success_median, _q25, _q75).",
+            "median transfer success (and target log-probability gain) over the vectors with "
+            "that K and its interquartile range; the table below holds the figures.",
             frame_table(scaling, list(scaling.columns)) if scaling["shots"].nunique() > 1 else "",
         )
     )

@@ -139,19 +139,26 @@ def shots_of(frame: pd.DataFrame) -> list[int]:
 def scaling_frame(vectors: pd.DataFrame) -> pd.DataFrame:
     """Transfer against the number of training examples: one row per (layer,
     shots) with the vector count and the median, 25th and 75th percentile of
-    transfer success (the table behind the transfer-vs-K figure)."""
+    transfer success and of the target log-probability gain (the table behind
+    the transfer-vs-K figure; the gain keeps ranking vectors whose success
+    saturates at 1)."""
     import pandas as pd
 
-    cols = ["layer", "shots", "n_vectors", "median", "q25", "q75"]
+    cols = ["layer", "shots", "n_vectors", "median", "q25", "q75", "gain_median", "gain_q25",
+            "gain_q75"]  # fmt: skip
     if vectors.empty:
         return pd.DataFrame(columns=cols)
-    g = vectors.groupby(["layer", "shots"])["transfer_success"]
+    g = vectors.groupby(["layer", "shots"])
+    s, gain = g["transfer_success"], g["logprob_gain"]
     out = pd.DataFrame(
         {
-            "n_vectors": g.size(),
-            "median": g.median(),
-            "q25": g.quantile(0.25),
-            "q75": g.quantile(0.75),
+            "n_vectors": s.size(),
+            "median": s.median(),
+            "q25": s.quantile(0.25),
+            "q75": s.quantile(0.75),
+            "gain_median": gain.median(),
+            "gain_q25": gain.quantile(0.25),
+            "gain_q75": gain.quantile(0.75),
         }
     ).reset_index()
     return out[cols].sort_values(["layer", "shots"]).reset_index(drop=True)

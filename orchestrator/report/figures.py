@@ -31,7 +31,7 @@ SIZES_PX = {
     "loss_curves": (1100, 480),
     "cosine_similarity": (900, 760),
     "caa_skyline": (1100, 460),
-    "transfer_vs_shots": (1000, 520),
+    "transfer_vs_shots": (1000, 760),
 }
 SUCCESS_LABEL = "transfer success (probability)"
 
@@ -381,26 +381,32 @@ def caa_skyline(data: ReportData) -> Figure | str:
     return fig
 
 
-def transfer_vs_shots(scaling: pd.DataFrame) -> Figure | str:
+def transfer_vs_shots(scaling: pd.DataFrame, unit: str = "hartleys") -> Figure | str:
     """Median transfer success (and the interquartile range as a band) against
-    K, the training examples per vector, one line per layer."""
+    K, the training examples per vector, one line per layer; below it the same
+    for the target log-probability gain, where stored."""
     if scaling.empty:
         return "no vectors with transfer results stored"
     ks = sorted(int(k) for k in scaling["shots"].unique())
     if len(ks) < 2:
         return f"every vector was trained on {ks[0]} example(s): no scaling with K to show"
     fig = new_figure("transfer_vs_shots")
-    ax = fig.subplots()
+    panels = [("", SUCCESS_LABEL, "Transfer success")]
+    if scaling["gain_median"].notna().any():
+        panels.append(("gain_", f"target log-prob gain ({unit})", "Target log-prob gain"))
+    axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
     layers = sorted(int(x) for x in scaling["layer"].unique())
-    for color, layer in zip(_palette(len(layers)), layers, strict=True):
-        d = scaling[scaling["layer"] == layer].sort_values("shots")
-        ax.fill_between(d["shots"], d["q25"], d["q75"], color=color, alpha=0.2, linewidth=0)
-        ax.plot(d["shots"], d["median"], marker="o", color=color, label=f"layer {layer}")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("K: training examples per vector")
-    ax.set_ylabel(SUCCESS_LABEL)
-    ax.set_title("Transfer success against K (line: median; band: 25th-75th percentile)")
-    ax.legend(loc="best")
+    for ax, (pre, label, title) in zip(axes, panels, strict=True):
+        for color, layer in zip(_palette(len(layers)), layers, strict=True):
+            d = scaling[scaling["layer"] == layer].sort_values("shots")
+            ax.fill_between(d["shots"], d[pre + "q25"], d[pre + "q75"], color=color, alpha=0.2,
+                            linewidth=0)  # fmt: skip
+            ax.plot(d["shots"], d[pre + "median"], marker="o", color=color, label=f"layer {layer}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_ylabel(label)
+        ax.set_title(f"{title} against K (line: median; band: 25th-75th percentile)")
+        ax.legend(loc="best")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[-1].set_xlabel("K: training examples per vector")
     return fig

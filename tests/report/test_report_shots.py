@@ -21,14 +21,17 @@ def test_transfer_vs_k_equals_a_direct_computation(tmp_path: Path) -> None:
     v = direct_vectors(b.root, b.study)
     v = v[v["loss_kind"] != "caa"]
     assert sorted(v["shots"].unique()) == [1, 2, 3]
-    g = v.groupby(["layer", "shots"])["success"]
+    g, gain = v.groupby(["layer", "shots"])["success"], v.groupby(["layer", "shots"])["gain"]
     want = pd.DataFrame(
         {
             "n_vectors": g.size(),
             "median": g.median(),
             "q25": g.quantile(0.25),
             "q75": g.quantile(0.75),
-        }  # fmt: skip
+            "gain_median": gain.median(),
+            "gain_q25": gain.quantile(0.25),
+            "gain_q75": gain.quantile(0.75),
+        }
     ).reset_index()
     data = load_report_data(open_study(b.root, b.study), str(b.root))
     pd.testing.assert_frame_equal(scaling_frame(data.one_shot), want, check_dtype=False)
