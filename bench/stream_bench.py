@@ -335,22 +335,16 @@ def main() -> None:
     import torch
 
     torch.manual_seed(0)
-    if args.layer_mix:
-        mix = layer_mix(args.rounds)
-        path = args.out.with_name(args.out.stem + "_layer_mix.json")
-        path.write_text(json.dumps({"machine": platform.platform(), "runs": mix,
-                                    "command": " ".join(["python", "bench/stream_bench.py",
-                                                         *sys.argv[1:]])}, indent=2))  # fmt: skip
-        print(f"wrote {path}")
-        return
-    if args.engine_check:
-        check = engine_check(args.rounds)
-        path = args.out.with_name(args.out.stem + "_engine_check.json")
-        path.write_text(json.dumps({"machine": platform.platform(), "runs": check,
-                                    "command": " ".join(["python", "bench/stream_bench.py",
-                                                         *sys.argv[1:]])}, indent=2))  # fmt: skip
-        print(f"wrote {path}")
-        return
+    for flag, check, suffix in ((args.layer_mix, layer_mix, "_layer_mix"),
+                                (args.engine_check, engine_check, "_engine_check")):  # fmt: skip
+        if flag:
+            path = args.out.with_name(args.out.stem + suffix + ".json")
+            command = " ".join(["python", "bench/stream_bench.py", *sys.argv[1:]])
+            runs = check(args.rounds)
+            path.write_text(json.dumps({"machine": platform.platform(), "runs": runs,
+                                        "command": command}, indent=2))  # fmt: skip
+            print(f"wrote {path}")
+            return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         lm = load_model(SPEC)

@@ -4,14 +4,12 @@ training sets are seeded, disjoint where the split allows, and stored."""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from reference import adding
+from reference import reference_adam
 from sweep_helpers import audit, tiny_config
 
 from orchestrator.datasets import builtin_task
@@ -30,34 +28,6 @@ PARAMS = {"layer": 1, "norm": 2.0, "loss": "promote", "lr": 0.3, "max_iters": 6,
           "clamp_coef": 1.0}  # fmt: skip
 
 
-def reference_multi_prompt(lm: Any, job: Any, steps: int) -> np.ndarray:
-    """torch.optim.Adam on sum over prompts and targets of weight * (-log p) in
-    units of log_base, full logits, one vector added at every position."""
-    from workers.engine.adam import initial_params
-
-    v = initial_params(job, lm.d_model, 0)[0].clone()
-    v = (v * min(1.0, job.norm_bound / float(v.norm()))).requires_grad_(True)
-    opt = torch.optim.Adam([v], lr=job.lr)
-    for _ in range(steps):
-        loss = torch.zeros(())
-        for scored in job.prompts:
-            p_ids = lm.encode_prompt(scored.prompt)
-            for target in scored.targets:
-                t_ids = lm.encode_target(target.text)
-                with adding(lm, job.layers[0], v):
-                    logits = lm.model(input_ids=torch.tensor([p_ids + t_ids])).logits[0].float()
-                logp = torch.log_softmax(job.loss.coldness * logits, dim=-1)
-                nll = sum(-logp[len(p_ids) + k - 1, tok] for k, tok in enumerate(t_ids))
-                loss = loss + target.weight * nll / math.log(job.loss.log_base)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            if v.norm() > job.norm_bound:
-                v.mul_(job.norm_bound / v.norm())
-    return v.detach().numpy()
-
-
 @pytest.mark.parametrize("how", ["mean", "sum"])
 def test_a_k_shot_vector_is_the_optimum_of_its_combined_loss(tiny_llama: Any, how: str) -> None:
     train = builtin_task("refusal").train
@@ -69,7 +39,7 @@ def test_a_k_shot_vector_is_the_optimum_of_its_combined_loss(tiny_llama: Any, ho
     w = {t.weight for p in a.job.prompts for t in p.targets}
     assert w == ({1 / 3} if how == "mean" else {1.0})
     [ours] = optimize(tiny_llama, [a.job])
-    expected = reference_multi_prompt(tiny_llama, a.job, 6)
+    expected = reference_adam(tiny_llama, a.job, 6)
     assert ours.iterations == 6
     np.testing.assert_allclose(ours.vector, expected, atol=2e-5)
 

@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from jobsets import PROMPTS, eight_jobs
-from reference import adding
+from reference import reference_adam
 
 from workers.engine.loop import optimize
 from workers.jobs import (
@@ -41,36 +40,6 @@ def test_batched_vectors_equal_solo_vectors(tiny_llama) -> None:
     assert len({round(float(np.linalg.norm(r.vector)), 3) for r in batched}) >= 7
 
 
-def reference_adam_run(lm, job: VectorJob, steps: int) -> np.ndarray:
-    """An independent loop: torch.optim.Adam, full logits, one vector, a Python
-    loop over target tokens, and the norm projection of App. A."""
-    from workers.engine.adam import initial_params
-
-    [scored] = job.prompts
-    [target] = scored.targets
-    p_ids = lm.encode_prompt(scored.prompt)
-    t_ids = lm.encode_target(target.text)
-    ids = torch.tensor([p_ids + t_ids])
-    v = initial_params(job, lm.d_model, 0)[0].clone()
-    v = (v * min(1.0, job.norm_bound / float(v.norm()))).requires_grad_(True)
-    opt = torch.optim.Adam([v], lr=job.lr)
-    layer = job.layers[0]
-
-    for _ in range(steps):
-        with adding(lm, layer, v):
-            logits = lm.model(input_ids=ids).logits[0].float()
-        logp = torch.log_softmax(job.loss.coldness * logits, dim=-1)
-        loss = sum(-logp[len(p_ids) + k - 1, tok] for k, tok in enumerate(t_ids))
-        loss = loss / math.log(job.loss.log_base)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            if v.norm() > job.norm_bound:
-                v.mul_(job.norm_bound / v.norm())
-    return v.detach().numpy()
-
-
 def test_matches_an_independent_torch_adam_loop(tiny_llama) -> None:
     job = VectorJob.simple(
         "ref",
@@ -84,7 +53,7 @@ def test_matches_an_independent_torch_adam_loop(tiny_llama) -> None:
         stop=StopRules(max_iters=8, eps=None),
     )
     [ours] = optimize(tiny_llama, [job])
-    expected = reference_adam_run(tiny_llama, job, 8)
+    expected = reference_adam(tiny_llama, job, 8)
     assert ours.iterations == 8
     np.testing.assert_allclose(ours.vector, expected, atol=1e-5)
     assert ours.final_norm == pytest.approx(1.5, rel=1e-5)  # the bound was hit
