@@ -74,19 +74,27 @@ def signals(st: Study, data: ReportData) -> pd.DataFrame:
     ids, mat = read_vectors(st, [str(x) for x in v["vector_id"]])
     unit = _unit_rows(mat)
     row = {vid: i for i, vid in enumerate(ids)}
-    layer_of = dict(zip(v["vector_id"].astype(str), v["layer"].astype(int), strict=True))
+    own_ids = [str(x) for x in out["vector_id"]]
+    own_layers = [int(x) for x in out["layer"]]
     caa_at = {int(r.layer): str(r.vector_id) for r in caa.itertuples()}
+    # Per layer, the sum of its vectors' unit rows: a vector's mean cosine to
+    # the others there is (its row . sum - its row . itself) / (m - 1), one
+    # pass over the vectors instead of one per pair.
+    members: dict[int, list[int]] = {}
+    for vid, layer in zip(own_ids, own_layers, strict=True):
+        if vid in row:
+            members.setdefault(layer, []).append(row[vid])
+    sums = {layer: unit[idx].sum(axis=0) for layer, idx in members.items()}
     cos_caa, cos_others = [], []
-    for vid in out["vector_id"].astype(str):
-        i, layer = row.get(vid), layer_of[vid]
-        c = caa_at.get(layer)
+    for vid, layer in zip(own_ids, own_layers, strict=True):
+        i, c, m = row.get(vid), caa_at.get(layer), len(members.get(layer, ()))
         cos_caa.append(
             float(unit[i] @ unit[row[c]]) if i is not None and c in row else float("nan")
         )
-        peers = [row[p] for p in out["vector_id"].astype(str) if p != vid and layer_of[p] == layer
-                 and p in row]  # fmt: skip
         cos_others.append(
-            float(np.mean(unit[peers] @ unit[i])) if peers and i is not None else float("nan")
+            float((unit[i] @ sums[layer] - unit[i] @ unit[i]) / (m - 1))
+            if i is not None and m > 1
+            else float("nan")
         )
     out["cos_caa"] = cos_caa
     out["cos_others"] = cos_others

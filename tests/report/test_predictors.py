@@ -13,7 +13,7 @@ from orchestrator.report import build_report, load_report_data
 from orchestrator.report import predictors as P
 from orchestrator.store import open_study
 from report.conftest import build_study
-from report.direct import direct_vectors
+from report.direct import direct_vectors, raw_table
 
 
 def test_roc_auc_is_the_share_of_correctly_ordered_pairs() -> None:
@@ -76,5 +76,14 @@ def test_the_reports_correlations_equal_a_direct_computation(tmp_path: Path) -> 
     assert np.isnan(corr.loc["shots", "spearman"])  # every vector is one-shot here
     # The study has a CAA vector at layer 2 only: cos_caa is defined there alone.
     assert corr.loc["cos_caa", "n_vectors"] == int((v["layer"] == 2).sum())
+    # cos_others: the mean cosine to the other vectors at the same layer, pair by pair.
+    sig = P.signals(open_study(b.root, b.study), data).set_index("vector_id")
+    raw = raw_table(b.root, "vectors", b.study)
+    raw = raw[raw["vector_id"].isin(v["vector_id"])]
+    unit = {r.vector_id: np.asarray(r.vector) / np.linalg.norm(r.vector) for r in raw.itertuples()}
+    layer = dict(zip(raw["vector_id"], raw["layer"], strict=True))
+    for vid in list(unit)[:6]:
+        peers = [unit[p] @ unit[vid] for p in unit if p != vid and layer[p] == layer[vid]]
+        assert sig.loc[vid, "cos_others"] == pytest.approx(np.mean(peers), abs=1e-6)
     page = res.html.read_text(encoding="utf-8")
     assert "What predicts transfer" in page and "ROC-AUC" in page
