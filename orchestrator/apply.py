@@ -37,6 +37,8 @@ from orchestrator.store import Study
 from orchestrator.store.reader import fixed_list_to_numpy
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from workers.jobs import Prompt
     from workers.models import LoadedModel, ModelSpec
     from workers.steering.vectors import SteeringVector
@@ -123,15 +125,22 @@ def stored_vectors(study: Study, vector_ids: Sequence[str]) -> list[TryVector]:
     return out
 
 
+def ranked_complete(frame: pd.DataFrame) -> pd.DataFrame:
+    """The vectors of COMPLETE trials of a ``joined_frame``, best first: by
+    the trial's objective, then transfer success (what ``steer-sweep best``
+    lists and ``try --best`` tries)."""
+    frame = frame[frame["trial_state"] == "COMPLETE"]
+    return frame.sort_values(["trial_value", "transfer_success"], ascending=False)
+
+
 def best_vector_ids(study: Study, n: int) -> list[str]:
-    """The ``n`` best vectors of COMPLETE trials, ranked as ``steer-sweep best`` ranks them."""
+    """The ``n`` best vectors of COMPLETE trials (:func:`ranked_complete`)."""
     frame = study.joined_frame()
     if frame.empty:
         raise TryError(f"study {study.name!r} has no vectors yet")
-    frame = frame[frame["trial_state"] == "COMPLETE"]
-    if frame.empty:
+    top = ranked_complete(frame).head(n)
+    if top.empty:
         raise TryError(f"study {study.name!r} has no vectors from a COMPLETE trial yet")
-    top = frame.sort_values(["trial_value", "transfer_success"], ascending=False).head(n)
     return [str(v) for v in top["vector_id"]]
 
 
@@ -320,10 +329,7 @@ def continuations(
     from workers.steering.generate import Sampling, greedy_decode
     from workers.steering.vectors import VectorRows
 
-    if not math.isfinite(scale):
-        raise TryError(f"--scale must be a finite number, got {scale}")
-    if temperature < 0 or not math.isfinite(temperature):
-        raise TryError(f"--temperature must be 0 (greedy) or more, got {temperature}")
+    check_sampling(scale, temperature)
     check_fits(lm, tv)
     ids = [lm.encode_prompt(p) for p in prompts]
     vec = replace(tv.vector, vector=np.asarray(tv.vector.vector, np.float32) * np.float32(scale))
@@ -354,6 +360,14 @@ def continuations(
                 )  # fmt: skip
             )
     return out
+
+
+def check_sampling(scale: float, temperature: float) -> None:
+    """``scale`` is finite and ``temperature`` 0 (greedy) or more."""
+    if not math.isfinite(scale):
+        raise TryError(f"--scale must be a finite number, got {scale:g}")
+    if temperature < 0 or not math.isfinite(temperature):
+        raise TryError(f"--temperature must be 0 (greedy) or more, got {temperature:g}")
 
 
 def render_text(label: str, scale: float, items: Sequence[tuple[str, Continuation]]) -> str:

@@ -144,8 +144,9 @@ def cmd_best(args: argparse.Namespace) -> int:
     if frame.empty:
         print(f"study {args.study} in {study.root.uri}: no vectors yet")
         return EXIT_OK
-    frame = frame[frame["trial_state"] == "COMPLETE"]
-    top = frame.sort_values(["trial_value", "transfer_success"], ascending=False).head(args.top)
+    from orchestrator.apply import ranked_complete
+
+    top = ranked_complete(frame).head(args.top)
     cols = [
         c
         for c in [
@@ -359,8 +360,10 @@ def cmd_try(args: argparse.Namespace) -> int:
     from orchestrator import apply as A
     from workers.jobs import chat
 
-    if args.temperature < 0:
-        raise BadInput(f"--temperature must be 0 (greedy) or more, got {args.temperature:g}")
+    try:
+        A.check_sampling(args.scale, args.temperature)  # before the model loads
+    except A.TryError as exc:
+        raise BadInput(str(exc)) from None
     _check_device(args.dtype, args.device)
     prompts: list[tuple[str, Any]] = []
     texts = list(args.prompt)
