@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from orchestrator.report.data import ReportData, transfer_rows
+from orchestrator.report.data import ReportData
 from orchestrator.report.html import Section, esc, frame_table, table
 from orchestrator.report.vectors import (
     TOP_ANCHOR,
+    TopVectors,
     generations_section,
     load_top,
     vector_anchor,
@@ -91,8 +92,8 @@ def tables(st: Study, data: ReportData, top: int) -> list[Section]:
                 anchor=TOP_ANCHOR,
             )
         )
-    out.append(_best_examples(st, data))
-    best = load_top(st, data, top)
+    best = load_top(st, data, top)  # the best vector is its first row
+    out.append(_best_examples(best, data))
     out.append(generations_section(best))
     out.append(vector_sections(best, data.unit))
     fails = data.trials[data.trials["state"] == "FAIL"] if not data.trials.empty else data.trials
@@ -101,13 +102,12 @@ def tables(st: Study, data: ReportData, top: int) -> list[Section]:
     return out
 
 
-def _best_examples(st: Study, data: ReportData) -> Section:
+def _best_examples(top: TopVectors, data: ReportData) -> Section:
     title = f"Best vector on {N_EXAMPLES} transfer examples: steered vs unsteered"
-    v = data.one_shot
-    if v.empty:
+    if top.frame.empty:
         return Section(title, missing="no vectors with transfer results stored")
-    best = str(v["vector_id"].iloc[0])
-    rows = transfer_rows(st, [best])
+    best = str(top.frame["vector_id"].iloc[0])
+    rows = top.transfer[top.transfer["vector_id"] == best]
     shown = sorted(rows["eval_example_id"].unique())[:N_EXAMPLES]
     rows = rows[rows["eval_example_id"].isin(shown)].sort_values(["eval_example_id", "metric"])
     note = (

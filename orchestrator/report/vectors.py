@@ -38,19 +38,24 @@ NO_TEXT = (
 class TopVectors:
     """The rows of the top-vectors table (best first) with their transfer
     rows and stored generations, read once for the sections below.
-    ``kept_text``: whether the study stored any generations at all."""
+    ``kept_text``: whether the study stored any generations at all;
+    ``verdicts``: the judges' verdicts per (vector, example), as text."""
 
     frame: pd.DataFrame
     transfer: pd.DataFrame
     generations: pd.DataFrame
     kept_text: bool
+    verdicts: dict[tuple[str, str], str]
 
 
 def load_top(st: Study, data: ReportData, top: int) -> TopVectors:
     """Read what the per-vector sections need for the first ``top`` vectors."""
     frame = data.one_shot.head(top)
     ids = [str(x) for x in frame["vector_id"]]
-    return TopVectors(frame, transfer_rows(st, ids), generation_rows(st, ids), has_generations(st))
+    transfer = transfer_rows(st, ids)
+    return TopVectors(
+        frame, transfer, generation_rows(st, ids), has_generations(st), judge_verdicts(transfer)
+    )
 
 
 def vector_anchor(vid: str) -> str:
@@ -75,12 +80,11 @@ def generations_section(top: TopVectors) -> Section:
         return Section(title, missing="no vectors with transfer results stored")
     if not top.kept_text:
         return Section(title, missing=NO_TEXT)
-    verdicts = judge_verdicts(top.transfer)
     parts = []
     for row in top.frame.head(n).itertuples():
         vid = str(row.vector_id)
         head = f"#{esc(row.rank)} vector {vector_link(vid).html} (layer {esc(row.layer)})"
-        parts.append(f"<h3>{head}</h3>{_vector_generations(top, vid, verdicts)}")
+        parts.append(f"<h3>{head}</h3>{_vector_generations(top, vid)}")
     return Section(title, caption=_GEN_CAPTION, extra="".join(parts))
 
 
@@ -98,8 +102,7 @@ def vector_sections(top: TopVectors, unit: str) -> Section:
     title = "The top vectors one by one"
     if top.frame.empty:
         return Section(title, missing="no vectors with transfer results stored")
-    verdicts = judge_verdicts(top.transfer)
-    parts = [_vector_part(top, row, verdicts, unit) for row in top.frame.itertuples()]
+    parts = [_vector_part(top, row, unit) for row in top.frame.itertuples()]
     caption = (
         f"Per metric, over the vector's held-out rows: target_logprob values in {unit}, "
         "judge:* values the share of yes verdicts, success the share of rows that succeeded."
@@ -119,7 +122,7 @@ _FACTS = {
 }
 
 
-def _vector_part(top: TopVectors, row: Any, verdicts: dict[tuple[str, str], str], unit: str) -> str:
+def _vector_part(top: TopVectors, row: Any, unit: str) -> str:
     """The part of ``vector_sections`` for one vector (a row of ``top.frame``):
     heading with its anchor, its settings, transfer summary and generations."""
     vid = str(row.vector_id)
@@ -130,7 +133,7 @@ def _vector_part(top: TopVectors, row: Any, verdicts: dict[tuple[str, str], str]
     heads = [f"{h} ({unit})" if c == "final_loss" else h for c, h in _FACTS.items()]
     facts = frame_table(top.frame[top.frame["vector_id"] == vid], list(_FACTS), heads)
     rows = top.transfer[top.transfer["vector_id"] == vid]
-    gens = _vector_generations(top, vid, verdicts) if top.kept_text else ""
+    gens = _vector_generations(top, vid) if top.kept_text else ""
     return head + facts + transfer_summary(rows) + gens
 
 
@@ -174,7 +177,7 @@ def _yes_no(x: Any) -> str:
     return "yes" if float(x) >= 0.5 else "no"
 
 
-def _vector_generations(top: TopVectors, vid: str, verdicts: dict[tuple[str, str], str]) -> str:
+def _vector_generations(top: TopVectors, vid: str) -> str:
     """The generations table of one vector, or a line saying it has none."""
     gens = top.generations[top.generations["vector_id"] == vid]
     if gens.empty:
@@ -188,7 +191,7 @@ def _vector_generations(top: TopVectors, vid: str, verdicts: dict[tuple[str, str
                 _text(r.prompt_text),
                 _generated(r.unsteered_text, r.unsteered_tokens, r.unsteered_stop, r.max_tokens),
                 _generated(r.steered_text, r.steered_tokens, r.steered_stop, r.max_tokens),
-                verdicts.get((vid, str(r.eval_example_id)), ""),
+                top.verdicts.get((vid, str(r.eval_example_id)), ""),
             ]
             for r in gens.itertuples()
         ],
