@@ -104,6 +104,18 @@ class FakeWorker:
         )
 
 
+def run_in_process(cfg: StudyConfig, lm: Any, rows: int = 4) -> tuple[Any, RunSummary]:
+    """Run ``cfg`` through the real driver and store on one in-process
+    streaming worker holding the loaded model ``lm``; ``(plan, summary)``."""
+    from orchestrator.run.pools import LocalPool
+    from orchestrator.run.preflight import prepare
+    from workers.service.stream import StreamingEngine
+
+    plan = prepare(cfg)
+    engine = StreamingEngine(lm, plan.evaluation, max_rows=rows)
+    return plan, run_study(cfg, pool=LocalPool([engine]), show_progress=False)
+
+
 def audit(
     root: str,
     study: str,

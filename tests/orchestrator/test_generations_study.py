@@ -8,13 +8,9 @@ from typing import Any
 
 import numpy as np
 from reference import reference_greedy
-from sweep_helpers import audit, tiny_config
+from sweep_helpers import audit, run_in_process, tiny_config
 
-from orchestrator.run.pools import LocalPool
-from orchestrator.run.preflight import prepare
-from orchestrator.run.runner import run_study
 from orchestrator.store import open_study
-from workers.service.stream import StreamingEngine
 
 
 def test_a_judged_study_stores_every_generation_equal_to_a_reference_decode(
@@ -29,9 +25,7 @@ def test_a_judged_study_stores_every_generation_equal_to_a_reference_decode(
         evaluation={"metrics": ["target_logprob", "judge"], "generation_tokens": 6},
         search={"layer": [1, 2], "norm": 8.0, "lr": 0.5, "max_iters": 3},
     )
-    plan = prepare(cfg)
-    engine = StreamingEngine(tiny_llama, plan.evaluation, max_rows=4)
-    summary = run_study(cfg, pool=LocalPool([engine]), show_progress=False)
+    plan, summary = run_in_process(cfg, tiny_llama)
     assert summary.states == {"COMPLETE": 2}
     audit(root, "tiny", 2, 2)
     st = open_study(root, "tiny")
@@ -74,9 +68,7 @@ def test_a_study_without_text_metrics_keeps_the_first_n(tmp_path: Any, tiny_llam
         evaluation={"keep_generations": 1, "generation_tokens": 4},
         search={"layer": 1, "norm": 8.0, "lr": 0.5, "max_iters": 2},
     )
-    plan = prepare(cfg)
-    engine = StreamingEngine(tiny_llama, plan.evaluation, max_rows=4)
-    run_study(cfg, pool=LocalPool([engine]), show_progress=False)
+    plan, _ = run_in_process(cfg, tiny_llama)
     gens = open_study(root, "tiny").generations.to_table().to_pylist()
     first = plan.transfer[0].id
     assert len(gens) == 2 and {g["eval_example_id"] for g in gens} == {first}
@@ -88,6 +80,5 @@ def test_a_study_without_text_metrics_keeps_the_first_n(tmp_path: Any, tiny_llam
         evaluation={"keep_generations": 0},
         search={"layer": 1, "norm": 8.0, "lr": 0.5, "max_iters": 2},
     )
-    engine = StreamingEngine(tiny_llama, prepare(none).evaluation, max_rows=4)
-    run_study(none, pool=LocalPool([engine]), show_progress=False)
+    run_in_process(none, tiny_llama)
     assert open_study(str(tmp_path / "none"), "tiny").files("generations") == []

@@ -10,18 +10,16 @@ from typing import Any
 import numpy as np
 import pytest
 from reference import reference_adam
-from sweep_helpers import audit, tiny_config
+from sweep_helpers import audit, run_in_process, tiny_config
 
 from orchestrator.datasets import builtin_task
 from orchestrator.run.expand import build_assignment, training_sets
-from orchestrator.run.pools import LocalPool
 from orchestrator.run.preflight import PreflightError, prepare
-from orchestrator.run.runner import identity_hash, run_study
+from orchestrator.run.runner import identity_hash
 from orchestrator.store import open_study, redact
 from orchestrator.study.config import SearchSpace
 from orchestrator.study.params import TrialParams
 from workers.engine.loop import optimize
-from workers.service.stream import StreamingEngine
 
 PARAMS = {"layer": 1, "norm": 2.0, "loss": "promote", "lr": 0.3, "max_iters": 6,
           "init_norm": 1.0, "coldness": 0.7, "tokens": "all", "intervention": "add",
@@ -90,10 +88,8 @@ def test_a_k_shot_study_stores_each_vectors_training_set(tmp_path: Any, tiny_lla
         trials_in_flight=1,
         search={"layer": 1, "norm": 4.0, "lr": 0.3, "max_iters": 2, "shots": [1, 3]},
     )
-    plan = prepare(cfg)
+    plan, _ = run_in_process(cfg, tiny_llama)
     assert len(plan.train) == 2 and len(plan.train_pool) > 2
-    run_study(cfg, pool=LocalPool([StreamingEngine(tiny_llama, plan.evaluation, max_rows=4)]),
-              show_progress=False)  # fmt: skip
     audit(root, "tiny", 2, 2)
     st = open_study(root, "tiny")
     shots = {t.number: t.params["shots"] for t in st.completed_trials()}

@@ -12,16 +12,13 @@ import numpy as np
 import pytest
 from cli_checks import assert_one_paragraph
 from reference import reference_greedy
-from sweep_helpers import tiny_config
+from sweep_helpers import run_in_process, tiny_config
 
 from orchestrator import cli
-from orchestrator.run.pools import LocalPool
 from orchestrator.run.preflight import prepare
-from orchestrator.run.runner import run_study
 from orchestrator.store import open_study
 from workers.jobs import chat
 from workers.models import load_model
-from workers.service.stream import StreamingEngine
 
 TOKENS = 6
 
@@ -48,10 +45,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "tokens": ["all", "prompt"],
         },
     )
-    plan = prepare(cfg)
-    lm = load_model(plan.model_spec)  # what `try` loads: the study's model by name
-    run_study(cfg, pool=LocalPool([StreamingEngine(lm, plan.evaluation, max_rows=4)]),
-              show_progress=False)  # fmt: skip
+    lm = load_model(prepare(cfg).model_spec)  # what `try` loads: the study's model by name
+    plan, _ = run_in_process(cfg, lm)
     st = open_study(root, "tiny")
     vectors = st.vectors.to_table().to_pylist()
     assert {v["intervention"] for v in vectors} == {"add", "clamp"}
