@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from orchestrator.run.ledger import Ledger
@@ -116,11 +116,10 @@ class Feeder:
 
     @staticmethod
     def _add(total: EngineReport, r: EngineReport) -> None:
-        total.busy_row_s += r.busy_row_s
-        total.step_s += r.step_s
-        total.eval_s += r.eval_s
-        total.vector_steps += r.vector_steps
-        total.vectors += r.vectors
+        """Add every counter of ``r`` to ``total`` (``max_rows`` is a size, not a count)."""
+        for f in fields(EngineReport):
+            if f.name != "max_rows":
+                setattr(total, f.name, getattr(total, f.name) + getattr(r, f.name))
 
     # ------------------------------------------------------------ the figures
 
