@@ -110,6 +110,14 @@ def load_report_data(study: Study, root: str) -> ReportData:
         if untested:
             notes.append(f"{untested} vectors without transfer rows are left out")
         frame = frame[frame["transfer_success"].notna()]
+        if "screened" in frame:
+            screened = int(frame["screened"].fillna(False).astype(bool).sum())
+            if screened:
+                size = ((config or {}).get("pruner") or {}).get("slice_size", "the first")
+                notes.append(
+                    f"{screened} of {len(frame)} vectors were screened (pruner transfer_screen): "
+                    f"their transfer figures come from their first {size} held-out examples only"
+                )
 
     log_base = float(frame["log_base"].iloc[0]) if not frame.empty else 10.0
     if config and "evaluation" in config:

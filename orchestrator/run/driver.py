@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -35,6 +35,7 @@ from orchestrator.run.feeder import Feeder
 from orchestrator.run.ledger import Ledger, TrialWork
 from orchestrator.run.pools import Pool
 from orchestrator.run.preflight import Plan
+from orchestrator.run.screening import ScreenHistory
 from orchestrator.run.surprisal import Scoring, needs_scores
 from orchestrator.store import (
     GenerationRecord,
@@ -125,6 +126,7 @@ class Driver:
         # so a worker never waits on the driver's next ask.
         slots = n_workers * depth
         self.in_flight = cfg.trials_in_flight or max(1, math.ceil(slots / per_trial)) + n_workers
+        self.screening = ScreenHistory.of(plan)  # pruner transfer_screen, else None
 
     # ------------------------------------------------------------- numbering
     def _numbers(self, study: Study, done: set[int]) -> list[int]:
@@ -155,6 +157,8 @@ class Driver:
             summary.states[t.state] = summary.states.get(t.state, 0) + 1
         study = create_study(cfg, self.plan.space)
         retell(study, stored)
+        if self.screening is not None and done:
+            self.screening.resume(stored_study, done)
         numbers = iter(self._numbers(stored_study, done))
         to_ask = max(0, cfg.n_trials - len(done))
         if done:
@@ -194,6 +198,8 @@ class Driver:
                     hold = needs_scores
                     self.scoring.add([o for o in outcomes if needs_scores(o)])
                 changed |= self.ledger.finish(key, outcomes, hold)
+                if self.screening is not None:
+                    self.screening.add(outcomes)
                 # Worker-side seconds, per vector: their sums split the wait.
                 timing["optimize"] += sum(o.optimize_s for o in outcomes)
                 timing["evaluate"] += sum(o.evaluate_s for o in outcomes)
@@ -277,6 +283,11 @@ class Driver:
             )
             for ex, *also in sets
         ]
+        # The screen's threshold is fixed when the trial starts, from every
+        # vector finished by then (its staleness: the vectors still running).
+        threshold = self.screening.threshold() if self.screening is not None else None
+        if threshold is not None:
+            assignments = [replace(a, screen_threshold=threshold) for a in assignments]
         self.ledger.add_trial(TrialWork(number, assignments, trial, params, started=_now()))
 
     def _report(self, work: TrialWork) -> None:
@@ -351,6 +362,7 @@ class Driver:
                     intervention=p.intervention,
                     dtype=self.plan.model_spec.dtype,
                     train_example_ids=a.train_example_ids or (a.example_id,),
+                    screened=o.screened,
                 )
             )
             transfer += [

@@ -23,6 +23,7 @@ from orchestrator.study.space import (
     resolve_layers,
 )
 from workers.evaluation.evaluate import EvalSpec, first_targets
+from workers.evaluation.screen import SCREENABLE, Screen, matches
 from workers.examples import Example
 from workers.models import Codec, ModelShape, ModelSpec, load_codec, peek_shape
 
@@ -211,6 +212,28 @@ def check_objectives(config: StudyConfig, measured: list[str]) -> None:
             )
 
 
+def screen_of(config: StudyConfig, n_transfer: int) -> Screen | None:
+    """The worker's transfer screen for ``pruner: {name: transfer_screen}``."""
+    p = config.pruner
+    if p.name != "transfer_screen":
+        return None
+    obj = config.objectives[0]  # pruning takes a single objective (config check)
+    if not any(matches(obj.metric, family) for family in SCREENABLE):
+        raise PreflightError(
+            f"pruner transfer_screen scores the objective on a slice of the held-out examples, "
+            f"but objectives[0].metric '{obj.metric}' is not measured per held-out example; "
+            f"use one of {', '.join(SCREENABLE)} (or a family member such as "
+            "target_logprob:promote), or another pruner"
+        )
+    if p.slice_size >= n_transfer:
+        raise PreflightError(
+            f"pruner.slice_size is {p.slice_size} but the study has only {n_transfer} held-out "
+            "examples, so the screen would never skip any; set pruner.slice_size below "
+            f"{n_transfer}, or raise task.max_transfer"
+        )
+    return Screen(p.slice_size, obj.metric, obj.statistic, obj.direction)
+
+
 def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
     """Validate a study against its model, data and store; see the module docstring."""
     spec = model_spec(config)
@@ -260,6 +283,7 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
         max_kl=ev.max_kl,
         batch_size=ev.batch_size,
         max_targets=ev.max_targets,
+        screen=screen_of(config, len(transfer)),
     )
     if "side_effect_kl" in ev.metrics and not evaluation.neutral_prompts:
         raise PreflightError(

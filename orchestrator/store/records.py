@@ -86,6 +86,7 @@ class VectorRecord:
     intervention: str = "add"
     dtype: str | None = None
     train_example_ids: Sequence[str] = ()  # a K-shot vector's examples; () = example_id alone
+    screened: bool = False  # evaluation stopped at the transfer screen's slice
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,7 @@ def vectors_table(ctx: StudyContext, trial: int, vectors: Sequence[VectorRecord]
             affine_a=None if a is None else np.asarray(a, np.float32).ravel(),
             affine_b=None if b is None else np.asarray(b, np.float32).ravel(),
             train_example_ids=list(rec.train_example_ids or (rec.example_id,)),
+            screened=bool(rec.screened),
         )
     ids = cols["vector_id"]
     if len(set(ids)) != len(ids):

@@ -31,12 +31,13 @@ import pyarrow as pa
 
 from orchestrator.store.errors import StoreNameError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Bump when a table or column is added, renamed, removed or changes type.
 
 Version history: 1, the first store; 2 added the ``generations`` table (a
 version-1 store simply has none, and reads as a study that kept no text) and
-``vectors.train_example_ids`` (null in version-1 files)."""
+``vectors.train_example_ids`` (null in version-1 files); 3 added
+``vectors.screened`` (null in older files: no vector of theirs was screened)."""
 
 TABLES = ("trials", "vectors", "transfer", "generations", "examples")
 TRIAL_TABLES = ("transfer", "generations", "vectors", "trials")
@@ -183,7 +184,10 @@ def vectors_schema(d_model: int) -> pa.Schema:
     the ``(affine_rank, d_model)`` factors of affine jobs, flattened row-major.
     ``train_example_ids`` lists every training example the vector was
     optimized on, ``example_id`` first (one for a one-shot vector; null in a
-    file written before schema version 2)."""
+    file written before schema version 2). ``screened`` is true when the
+    transfer screen stopped the vector's evaluation at its first slice of
+    held-out examples: its ``transfer`` rows cover only that slice (null in
+    a file written before schema version 3)."""
     return pa.schema(
         [
             pa.field("vector_id", pa.string(), nullable=False),
@@ -214,6 +218,7 @@ def vectors_schema(d_model: int) -> pa.Schema:
             pa.field("affine_a", pa.list_(pa.float32())),
             pa.field("affine_b", pa.list_(pa.float32())),
             pa.field("train_example_ids", pa.list_(pa.string())),
+            pa.field("screened", pa.bool_()),
         ]
     )
 

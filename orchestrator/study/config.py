@@ -222,9 +222,18 @@ class SamplerConfig(_Strict):
 
 
 class PrunerConfig(_Strict):
-    name: Literal["none", "median", "successive_halving"] = "none"
+    name: Literal["none", "median", "successive_halving", "transfer_screen"] = "none"
     n_startup_trials: int = Field(2, ge=0)
     n_warmup_steps: int = Field(1, ge=0)
+    # transfer_screen only (workers.evaluation.screen): each vector is first
+    # evaluated on the first slice_size held-out examples, and its evaluation
+    # stops there when the slice's objective value is worse than the median
+    # slice value of the study's vectors so far by more than margin (in the
+    # objective's unit: 0.25 of a success rate is 25 points). No vector is
+    # screened before n_startup_vectors have finished.
+    slice_size: int = Field(4, ge=1)
+    margin: float = Field(0.25, ge=0)
+    n_startup_vectors: int = Field(8, ge=1)
 
 
 class StoreConfig(_Strict):

@@ -93,6 +93,8 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
         )
     if p.name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner()
+    # none, and transfer_screen: that one stops a vector's evaluation in the
+    # worker (workers.evaluation.screen), never a trial.
     return optuna.pruners.NopPruner()
 
 

@@ -6,6 +6,7 @@ as two engine jobs; the batch worker keeps the old contract."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ from jobsets import eight_jobs
 from workers.engine.loop import optimize
 from workers.engine.reentrant import ReentrantJob, optimize_reentrant
 from workers.evaluation.evaluate import EvalCache, EvalSpec
+from workers.evaluation.screen import Screen
 from workers.examples import Example
 from workers.jobs import ScoredPrompt, StopRules, Target, VectorJob, chat
 from workers.service.assignments import Assignment, VectorOutcome, run_assignments
@@ -164,3 +166,28 @@ def test_the_batch_worker_returns_whole_batches_and_dies_like_a_process() -> Non
     worker.put(work[2:])  # a fresh start, as a restarted actor
     assert [o.vector_id for o in worker.drain(5).outcomes] == ["job2", "job3"]
     worker.close()
+
+
+def test_both_paths_apply_the_transfer_screen(tiny_llama) -> None:
+    """A threshold no slice can reach screens a vector, one every slice
+    reaches does not, and no threshold leaves it alone, whichever protocol
+    runs it: the screened vectors keep exactly their slice's rows."""
+    spec = dataclasses.replace(SPEC, screen=Screen(1, "target_logprob", "delta"))
+    jobs = eight_jobs()[:3]
+    work = [
+        dataclasses.replace(a, screen_threshold=t)
+        for a, t in zip(assignments(jobs), [math.inf, -math.inf, None], strict=True)
+    ]
+    batch = run_assignments(tiny_llama, spec, work, EvalCache(), max_batch_jobs=2)
+    engine = StreamingEngine(tiny_llama, spec, max_rows=2)
+    try:
+        engine.put(work)
+        streamed = collect(engine, len(work))
+    finally:
+        engine.close()
+    for outcomes in (batch, streamed):
+        by_id = {o.vector_id: o for o in outcomes}
+        screened, low, none = (by_id[a.vector_id] for a in work)
+        assert (screened.screened, low.screened, none.screened) == (True, False, False)
+        assert {r.example_id for r in screened.rows} == {HELD_OUT[0].id}
+        assert len(low.rows) == len(none.rows) == 3

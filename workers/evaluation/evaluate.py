@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from workers.evaluation.judges import ContainsAny, Judge, LacksAll
+from workers.evaluation.screen import Screen
 from workers.evaluation.transfer import (
     Decoded,
     Generation,
@@ -44,6 +45,10 @@ class EvalSpec:
     max_kl: float = 0.1
     batch_size: int = 32
     max_targets: int | None = None  # score at most this many targets per held-out example
+    # The transfer screen (workers.evaluation.screen): with it, a vector sent
+    # with a threshold is evaluated on the first slice_size examples, and on
+    # the rest only when the slice scores it at or above the threshold.
+    screen: Screen | None = None
 
     @property
     def generates_all(self) -> bool:
@@ -127,6 +132,52 @@ def evaluate(
             batch_size=spec.batch_size,
         )
     return rows, gens
+
+
+def evaluate_screened(
+    lm: LoadedModel,
+    spec: EvalSpec,
+    vectors: list[SteeringVector],
+    thresholds: list[float | None],
+    cache: EvalCache | None = None,
+) -> tuple[list[TransferRow], list[Generation], set[str]]:
+    """:func:`evaluate` with the transfer screen: also the ids of the vectors
+    that stopped at the slice (``spec.screen``; each vector's threshold is in
+    ``thresholds``, None to evaluate it in full).
+
+    Without a screen, a threshold, or examples beyond the slice this is
+    :func:`evaluate`, row for row. Otherwise the slice is evaluated for every
+    vector (every held-out metric but side-effect KL, which is not measured on
+    held-out examples), then the remaining examples, with side-effect KL, for
+    the vectors the slice did not stop. A vector evaluated in full gets the
+    same rows as from :func:`evaluate`, in another order.
+    """
+    if len(thresholds) != len(vectors):
+        raise ValueError(f"{len(thresholds)} thresholds for {len(vectors)} vectors")
+    screen = spec.screen
+    n = 0 if screen is None else screen.slice_size
+    if screen is None or all(t is None for t in thresholds) or len(spec.examples) <= n:
+        rows, gens = evaluate(lm, spec, vectors, cache)
+        return rows, gens, set()
+    cache = cache if cache is not None else EvalCache()
+    on_slice = tuple(m for m in spec.metrics if m != "side_effect_kl")
+    first = dataclasses.replace(spec, examples=spec.examples[:n], metrics=on_slice)
+    rows, gens = evaluate(lm, first, vectors, cache)
+    scores = screen.scores(rows)
+    stopped = {
+        v.vector_id
+        for v, t in zip(vectors, thresholds, strict=True)
+        if screen.skips(scores.get(v.vector_id), t)
+    }
+    rest = [v for v in vectors if v.vector_id not in stopped]
+    if rest:
+        after = dataclasses.replace(
+            spec, examples=spec.examples[n:], keep_generations=max(0, spec.keep_generations - n)
+        )
+        more_rows, more_gens = evaluate(lm, after, rest, cache)
+        rows += more_rows
+        gens += more_gens
+    return rows, gens, stopped
 
 
 def first_targets(ex: Example, n: int) -> Example:

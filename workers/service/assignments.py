@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from workers.engine.loop import EngineStats, optimize
 from workers.engine.reentrant import ReentrantJob, optimize_reentrant
-from workers.evaluation.evaluate import EvalCache, EvalSpec, evaluate
+from workers.evaluation.evaluate import EvalCache, EvalSpec, evaluate_screened
 from workers.evaluation.transfer import Generation, TransferRow
 from workers.jobs import VectorJob, VectorResult
 from workers.models import LoadedModel
@@ -40,6 +40,9 @@ class Assignment:
     # Every training example the vector is optimized on, ``example_id`` first
     # (empty: ``example_id`` alone, a one-shot vector).
     train_example_ids: tuple[str, ...] = ()
+    # The transfer screen's threshold for this vector (None: evaluate in full);
+    # see workers.evaluation.screen.
+    screen_threshold: float | None = None
 
 
 @dataclass
@@ -54,6 +57,7 @@ class VectorOutcome:
     optimize_s: float = 0.0
     evaluate_s: float = 0.0
     finished_at: float | None = None  # wall clock (time.time()) when the outcome was ready
+    screened: bool = False  # evaluation stopped at the transfer screen's slice
 
 
 def _optimize_isolated(
@@ -109,6 +113,7 @@ def run_assignments(
     what evaluation can reuse between calls (:class:`EvalCache`); ``stats``
     receives the engine's counters (steps, occupancy)."""
     outcomes = {a.vector_id: VectorOutcome(a.vector_id, a.trial, a.example_id) for a in assignments}
+    by_id = {a.vector_id: a for a in assignments}
     valid = []
     for a in assignments:
         try:
@@ -133,19 +138,37 @@ def run_assignments(
             continue
         job = a.job if a.reentrant is None else a.reentrant.stage2
         vectors.append(SteeringVector.from_result(a.vector_id, res, job))
+    thresholds = [by_id[v.vector_id].screen_threshold for v in vectors]
+    evaluate_into(lm, spec, vectors, thresholds, [outcomes[v.vector_id] for v in vectors], cache)
+    return [outcomes[a.vector_id] for a in assignments]
+
+
+def evaluate_into(
+    lm: LoadedModel,
+    spec: EvalSpec,
+    vectors: list[SteeringVector],
+    thresholds: list[float | None],
+    outcomes: list[VectorOutcome],
+    cache: EvalCache | None = None,
+) -> None:
+    """Evaluate ``vectors`` (the transfer screen applied) into their
+    ``outcomes`` (same order): rows, generations, the screened mark and each
+    one's share of the evaluation time. An exception in evaluation marks every
+    outcome failed and keeps its optimized vector."""
     started = time.perf_counter()
+    by_id = {o.vector_id: o for o in outcomes}
     try:
-        rows, gens = evaluate(lm, spec, vectors, cache)
+        rows, gens, stopped = evaluate_screened(lm, spec, vectors, thresholds, cache)
     except Exception as exc:  # noqa: BLE001 - an evaluation bug must not lose the vectors
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        for vec in vectors:
-            outcomes[vec.vector_id].error = f"evaluation failed: {detail}"
-        rows, gens = [], []
-    eval_s = (time.perf_counter() - started) / max(len(vectors), 1)
+        for o in outcomes:
+            o.error = f"evaluation failed: {detail}"
+        rows, gens, stopped = [], [], set()
     for row in rows:
-        outcomes[row.vector_id].rows.append(row)
+        by_id[row.vector_id].rows.append(row)
     for gen in gens:
-        outcomes[gen.vector_id].generations.append(gen)
-    for vec in vectors:
-        outcomes[vec.vector_id].evaluate_s = eval_s
-    return [outcomes[a.vector_id] for a in assignments]
+        by_id[gen.vector_id].generations.append(gen)
+    eval_s = (time.perf_counter() - started) / max(len(vectors), 1)
+    for o in outcomes:
+        o.evaluate_s = eval_s
+        o.screened = o.vector_id in stopped

@@ -46,10 +46,10 @@ from dataclasses import asdict, dataclass, field
 
 from workers.engine.loop import Engine, EngineStats, optimize
 from workers.engine.reentrant import check_reentrant, stage_two
-from workers.evaluation.evaluate import EvalCache, EvalSpec, evaluate
+from workers.evaluation.evaluate import EvalCache, EvalSpec
 from workers.jobs import VectorJob, VectorResult
 from workers.models import LoadedModel
-from workers.service.assignments import Assignment, VectorOutcome
+from workers.service.assignments import Assignment, VectorOutcome, evaluate_into
 from workers.steering.encoding import JobError, encode_job
 from workers.steering.vectors import SteeringVector
 
@@ -303,23 +303,10 @@ class StreamingEngine:
         vectors = [
             SteeringVector.from_result(f.live.assignment.vector_id, f.result, f.job) for f in batch
         ]
-        t0 = time.perf_counter()
-        outcomes = {f.live.assignment.vector_id: f.live.outcome for f in batch}
-        try:
-            rows, gens = evaluate(self.lm, self.evaluation, vectors, self.cache)
-        except Exception as exc:  # noqa: BLE001 - an evaluation bug must not lose the vectors
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            for o in outcomes.values():
-                o.error = f"evaluation failed: {detail}"
-            rows, gens = [], []
-        for row in rows:
-            outcomes[row.vector_id].rows.append(row)
-        for gen in gens:
-            outcomes[gen.vector_id].generations.append(gen)
-        eval_s = (time.perf_counter() - t0) / max(len(batch), 1)
-        for o in outcomes.values():
-            o.evaluate_s = eval_s
-        self._emit(list(outcomes.values()))
+        outcomes = [f.live.outcome for f in batch]
+        thresholds = [f.live.assignment.screen_threshold for f in batch]
+        evaluate_into(self.lm, self.evaluation, vectors, thresholds, outcomes, self.cache)
+        self._emit(outcomes)
 
     def _emit(self, outcomes: list[VectorOutcome]) -> None:
         now = time.time()
