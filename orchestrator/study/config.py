@@ -219,6 +219,20 @@ class SamplerConfig(_Strict):
     name: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
     seed: int | None = 0
     n_startup_trials: int = Field(4, ge=0)
+    # TPE only (orchestrator.study.optuna_study.AheadTPESampler): proposals
+    # drawn from one fit of TPE's estimators, used for at most ask_ahead asks
+    # and max_stale_ms milliseconds. 1 is the exact mode: Optuna's own TPE.
+    ask_ahead: int = Field(1, ge=1, le=4096)
+    max_stale_ms: float = Field(1000.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ahead_is_tpe(self) -> SamplerConfig:
+        if self.ask_ahead > 1 and self.name != "tpe":
+            raise ValueError(
+                f"ask_ahead draws several TPE proposals from one fit; sampler {self.name} "
+                "has no fit to share, so leave ask_ahead at 1"
+            )
+        return self
 
 
 class PrunerConfig(_Strict):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,13 +73,159 @@ _MISSING: Any = object()
 _HOOK = hasattr(optuna.samplers.TPESampler, "_get_internal_repr")
 
 
+@dataclass(frozen=True)
+class Proposal:
+    """Where an ask-ahead proposal came from: the fit it was drawn from (its
+    index, the finished trials it saw, its clock time) and the trial it went to."""
+
+    trial: int
+    fit: int
+    seen: int
+    fitted_at: float
+    asked_at: float
+    fit_space: tuple[str, ...] = ()  # the parameters the fit modelled
+    asked_space: tuple[str, ...] = ()  # the parameters the ask wanted
+
+
+class AheadTPESampler(_TPESampler):
+    """TPE that fits its Parzen estimators once per ``ahead`` proposals.
+
+    An ask costs a fit (the split of every finished trial into good and bad,
+    two mixture models over their parameters) and a draw (``n_ei_candidates``
+    samples from the good model, the best by l(x)/g(x) taken). The fit grows
+    with the history; the draw does not. This sampler draws ``ahead``
+    proposals from one fit, each the best of its own ``n_ei_candidates``
+    samples, and serves them to the next asks.
+
+    Staleness bound: a proposal comes from a fit made at most ``ahead - 1``
+    asks and at most ``max_stale_s`` seconds before the ask it serves, and
+    that fit saw every trial finished (told) by then, with the trials then
+    running as constant-liar "bad" points. Proposals of one fit do not see
+    each other (within a batch there is no constant liar). A change of search
+    space, or a fit older than ``max_stale_s``, discards the rest of a batch.
+
+    ``ahead=1`` is the exact mode: every ask fits on the whole history and
+    proposes what Optuna's own TPE proposes for the same seed and history
+    (tests/orchestrator/test_search.py). Should a future Optuna drop the
+    private pieces this needs, the sampler warns and runs in the exact mode.
+    """
+
+    def __init__(
+        self,
+        *,
+        ahead: int = 1,
+        max_stale_s: float = 1.0,
+        clock: Any = time.monotonic,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if ahead < 1:
+            raise ValueError(f"ahead must be at least 1, got {ahead}")
+        self.ahead = ahead if _AHEAD_HOOKS else 1
+        if ahead > 1 and not _AHEAD_HOOKS:
+            log.warning("this Optuna lacks the TPE internals ask-ahead needs: exact mode")
+        self.max_stale_s = max_stale_s
+        self.clock = clock
+        self._queue: list[dict[str, Any]] = []
+        self._queue_key: tuple | None = None
+        self._fits = 0
+        self._seen = 0
+        self._fitted_at = 0.0
+        self.proposals: list[Proposal] = []  # one per ask served from a batch
+
+    def _sample_relative(
+        self, study: Any, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if self.ahead == 1 or not search_space:
+            return super()._sample_relative(study, trial, search_space)
+        now = self.clock()
+        key = tuple(search_space.items())
+        fresh = self._queue and key == self._queue_key and now - self._fitted_at <= self.max_stale_s
+        if not fresh:
+            finished = study._get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED), use_cache=True
+            )
+            if len(finished) < self._n_startup_trials:
+                return {}
+            self._queue = self._draw(study, trial, search_space, self.ahead)
+            self._queue_key, self._fitted_at, self._seen = key, now, len(finished)
+            self._fits += 1
+        assert self._queue_key is not None
+        fit_space = tuple(name for name, _ in self._queue_key)
+        self.proposals.append(
+            Proposal(
+                trial.number, self._fits, self._seen, self._fitted_at, now,
+                fit_space, tuple(search_space),
+            )
+        )  # fmt: skip
+        return self._queue.pop(0)
+
+    def _draw(
+        self, study: Any, trial: FrozenTrial, space: dict[str, BaseDistribution], n: int
+    ) -> list[dict[str, Any]]:
+        """``n`` proposals from one fit on the history as it is now."""
+        states = [TrialState.COMPLETE, TrialState.PRUNED]
+        if self._constant_liar:
+            states.append(TrialState.RUNNING)
+        history = [
+            t
+            for t in study._get_trials(deepcopy=False, states=states, use_cache=False)
+            if t.number != trial.number
+        ]
+        if self._gamma is None:
+            self._gamma = default_gamma if len(study.directions) <= 1 else default_gamma_mo
+        n_told = sum(t.state != TrialState.RUNNING for t in history)
+        good, bad = _split_trials(study, history, self._gamma(n_told))
+        l_x = self._build_parzen_estimator(study, space, good, handle_below=True)
+        g_x = self._build_parzen_estimator(study, space, bad, handle_below=False)
+        k = self._n_ei_candidates
+        samples = l_x.sample(self._rng.rng, n * k)
+        score = self._compute_acquisition_func(samples, l_x, g_x)
+        out = []
+        for i in range(n):
+            part = {name: v[i * k : (i + 1) * k] for name, v in samples.items()}
+            best = optuna.samplers.TPESampler._compare(part, score[i * k : (i + 1) * k])
+            out.append({name: d.to_external_repr(best[name]) for name, d in space.items()})
+        return out
+
+
+try:  # the TPE internals ask-ahead draws on (Optuna 4 and 5)
+    from optuna.samplers._tpe.sampler import _split_trials, default_gamma
+    from optuna.samplers._tpe.sampler import default_gamma_multiobjective as default_gamma_mo
+
+    _AHEAD_HOOKS = _HOOK and all(
+        hasattr(optuna.samplers.TPESampler, name)
+        for name in (
+            "_sample_relative",
+            "_build_parzen_estimator",
+            "_compute_acquisition_func",
+            "_compare",
+        )
+    )
+except ImportError:  # pragma: no cover - depends on the Optuna release
+    _AHEAD_HOOKS = False
+
+
 def make_sampler(config: StudyConfig, space: Any) -> optuna.samplers.BaseSampler:
     s = config.sampler
     if s.name == "tpe":
         # constant_liar: trials in flight count as bad guesses, so parallel
         # asks spread out instead of piling onto one point.
-        cls = _TPESampler if _HOOK else optuna.samplers.TPESampler
-        return cls(seed=s.seed, constant_liar=True, n_startup_trials=s.n_startup_trials)
+        if not _HOOK:
+            return optuna.samplers.TPESampler(
+                seed=s.seed, constant_liar=True, n_startup_trials=s.n_startup_trials
+            )
+        # Ask-ahead needs the joint (multivariate) model, which Optuna's TPE
+        # uses by default for one objective; with two or more it would sample
+        # each parameter on its own, so ask for the joint model explicitly.
+        return AheadTPESampler(
+            ahead=s.ask_ahead,
+            max_stale_s=s.max_stale_ms / 1000,
+            seed=s.seed,
+            constant_liar=True,
+            n_startup_trials=s.n_startup_trials,
+            multivariate=True if s.ask_ahead > 1 else None,
+        )
     if s.name == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
     if s.name == "grid":

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from orchestrator.study.optuna_study import _TPESampler
+from orchestrator.study.optuna_study import AheadTPESampler, _TPESampler
 
 DISTS = {
     "layer": IntDistribution(0, 11),
@@ -52,3 +54,103 @@ def test_cached_tpe_proposes_what_optuna_tpe_proposes() -> None:
     stock = _proposals(optuna.samplers.TPESampler(**kwargs), 120, in_flight=6)
     cached = _proposals(_TPESampler(**kwargs), 120, in_flight=6)
     assert cached == stock
+
+
+def test_ask_ahead_in_exact_mode_proposes_what_optuna_tpe_proposes() -> None:
+    kwargs = {"seed": 3, "constant_liar": True, "n_startup_trials": 5}
+    stock = _proposals(optuna.samplers.TPESampler(**kwargs), 120, in_flight=6)
+    exact = _proposals(AheadTPESampler(ahead=1, **kwargs), 120, in_flight=6)
+    assert exact == stock
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _told_log(
+    sampler: AheadTPESampler, n: int, in_flight: int, clock: _Clock
+) -> tuple[list[int], list[dict]]:
+    """Like ``_proposals``, recording how many trials were finished (told)
+    when each trial was asked; the clock moves 0.1 s per ask."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    rng = random.Random(2)
+    running: list[optuna.trial.Trial] = []
+    told, params = [], []
+    for i in range(n):
+        dists = DISTS if i < n // 2 else {k: v for k, v in DISTS.items() if k != "lr"}
+        told.append(sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)))
+        trial = study.ask(dists)
+        params.append(trial.params)
+        assert set(trial.params) == set(dists), "a proposal from another search space"
+        for name, d in dists.items():
+            assert d._contains(d.to_internal_repr(trial.params[name]))
+        running.append(trial)
+        clock.t += 0.1
+        while len(running) > in_flight:
+            done = running.pop(rng.randrange(len(running)))
+            study.tell(done, done.params["layer"] / 11 + rng.random() * 0.3)
+    return told, params
+
+
+@pytest.mark.parametrize(("ahead", "stale_s"), [(8, 100.0), (8, 0.35), (3, 100.0)])
+def test_ask_ahead_never_proposes_from_a_history_older_than_its_bound(ahead, stale_s) -> None:
+    """A proposal's fit saw every trial told ``ahead - 1`` asks before it, and
+    was made at most ``max_stale_s`` before the ask it served."""
+    clock = _Clock()
+    sampler = AheadTPESampler(
+        ahead=ahead, max_stale_s=stale_s, clock=clock, seed=0, constant_liar=True,
+        n_startup_trials=5,
+    )  # fmt: skip
+    told, params = _told_log(sampler, 150, in_flight=6, clock=clock)
+    served = sampler.proposals
+    assert len(served) > 100  # every ask after the startup came from a batch
+    for p in served:
+        assert p.seen >= told[max(0, p.trial - (ahead - 1))], p
+        assert p.asked_at - p.fitted_at <= stale_s + 1e-9, p
+        assert p.fit_space == p.asked_space, p  # a new search space is a new fit
+    per_fit = Counter(p.fit for p in served)
+    assert max(per_fit.values()) <= ahead
+    if stale_s < 1:  # 0.1 s per ask: a fit serves at most 4 asks
+        assert max(per_fit.values()) == 4
+    else:
+        assert max(per_fit.values()) == ahead
+    # proposals of one fit are distinct draws, not one point repeated
+    first = [p.trial for p in served if p.fit == served[0].fit]
+    assert len({tuple(sorted(params[t].items())) for t in first}) == len(first) > 1
+
+
+def test_ask_ahead_serves_multi_objective_tpe(tmp_path) -> None:
+    """Two objectives through make_sampler: proposals come from batches of the
+    joint model, and the study's trials carry them."""
+    from sweep_helpers import tiny_config
+
+    from orchestrator.study.optuna_study import make_sampler
+
+    cfg = tiny_config(
+        str(tmp_path),
+        objectives=[{"metric": "target_logprob"}, {"metric": "norm", "direction": "minimize"}],
+        sampler={"name": "tpe", "ask_ahead": 4, "n_startup_trials": 5},
+    )
+    sampler = make_sampler(cfg, None)
+    assert isinstance(sampler, AheadTPESampler) and sampler.ahead == 4
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize"])
+    rng = random.Random(0)
+    for _ in range(40):
+        t = study.ask(DISTS)
+        study.tell(t, [t.params["layer"] + rng.random(), t.params["norm"]])
+    assert len(sampler.proposals) == 35
+    assert {p.trial for p in sampler.proposals} == set(range(5, 40))
+    assert max(Counter(p.fit for p in sampler.proposals).values()) == 4
+
+
+def test_ask_ahead_is_for_tpe_only(tmp_path) -> None:
+    from sweep_helpers import tiny_config
+
+    with pytest.raises(Exception, match="leave ask_ahead at 1"):
+        tiny_config(str(tmp_path), sampler={"name": "random", "ask_ahead": 8})
