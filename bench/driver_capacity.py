@@ -1,6 +1,10 @@
 """Driver capacity: can one driver keep many actors busy?
 
 Usage: python bench/driver_capacity.py [--trials 2000] [--actors 16] [--seconds 0.5]
+       [--ask-ahead N] [--stale-ms T] [--store local|moto] [--out bench/results/X.json]
+
+The issue-14 run: ``--trials 10000 --actors 64 --seconds 0.2`` (64 workers
+that could absorb 320 trials/s).
 
 Fake workers (threads, no model) take ``--seconds`` per vector (one vector per
 trial); the real driver runs TPE (constant liar) ask/tell, the scheduler and
@@ -17,10 +21,16 @@ run (setup and the tail included), and the driver's ask and tell latency
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "orchestrator"))
 
@@ -56,15 +66,53 @@ def idle_share(spans: dict[int, list[tuple[float, float]]], n_actors: int) -> fl
     return 1 - busy / (n_actors * (hi - lo))
 
 
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def _moto_root(tmp: str) -> tuple[str, str, object]:
+    """A moto S3 server on 127.0.0.1 with a fresh bucket: ``(root, endpoint, server)``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "store"))
+    from factories import FAKE_KEY_ID, FAKE_SECRET, free_port, make_bucket, start_moto
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = start_moto(port)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=FAKE_KEY_ID, AWS_SECRET_ACCESS_KEY=FAKE_SECRET,
+        AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint,
+        AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=f"{tmp}/none",
+        AWS_SHARED_CREDENTIALS_FILE=f"{tmp}/none",
+    )  # fmt: skip
+    _, bucket = make_bucket(endpoint)
+    return f"s3://{bucket}/capacity", endpoint, server
+
+
+def count_objects(root: str, study: str) -> dict[str, int]:
+    from orchestrator.store import open_study
+
+    st = open_study(root, study)
+    return {t: len(st.files(t)) for t in ("trials", "vectors", "transfer", "generations")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--actors", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=0.5)
+    parser.add_argument("--ask-ahead", type=int, default=1, help="sampler.ask_ahead (1: exact)")
+    parser.add_argument("--stale-ms", type=float, default=1000.0, help="sampler.max_stale_ms")
+    parser.add_argument("--store", choices=["local", "moto"], default="local")
+    parser.add_argument("--window", type=int, default=1000, help="trials in the tail figure")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
+        root, endpoint, server = tmp, None, None
+        if args.store == "moto":
+            root, endpoint, server = _moto_root(tmp)
         cfg = tiny_config(
-            tmp,
+            root,
             name="capacity",
             n_trials=args.trials,
             vectors_per_trial=1,
@@ -75,32 +123,66 @@ def main() -> None:
                 "lr": {"low": 0.01, "high": 1.0, "log": True},
                 "max_iters": 2,
             },
-            sampler={"name": "tpe", "seed": 0, "n_startup_trials": 10},
-        )
+            sampler={"name": "tpe", "seed": 0, "n_startup_trials": 10,
+                     "ask_ahead": args.ask_ahead, "max_stale_ms": args.stale_ms},
+            store={"root": root, "endpoint_url": endpoint},
+            ray={"address": "local", "num_cpus": 2},
+        )  # fmt: skip
         plan = prepare(cfg)
         worker = TimedWorker([e.id for e in plan.transfer], args.seconds)
         pool = local_batch_pool(worker, args.actors)
         started, cpu0 = time.perf_counter(), time.process_time()
+        t_mono = time.monotonic()
         summary = run_study(cfg, pool=pool, show_progress=False)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
         pool.shutdown()
+        objects = count_objects(root, cfg.name)
+        if server is not None:
+            server.stop()  # type: ignore[attr-defined]
+    rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     busy = sum(e - s for v in worker.spans.values() for s, e in v)
     ideal = args.trials * args.seconds / args.actors
     t, lat = summary.seconds, summary.latency_ms
-    print(f"{args.trials} TPE trials, {args.actors} fake actors at {args.seconds} s/trial")
+    told = summary.tell_times
+    first_dispatch = min(s for v in worker.spans.values() for s, _ in v)
+    rate = len(told) / (told[-1] - t_mono) if told else 0.0
+    w = min(args.window, len(told) - 1)
+    tail = w / (told[-1] - told[-1 - w]) if w > 0 else 0.0
+    idle = idle_share(worker.spans, args.actors)
+    print(f"{args.trials} TPE trials (ask_ahead {args.ask_ahead}), {args.actors} fake actors at "
+          f"{args.seconds} s/trial, {args.store} store; load average {load_before[0]:.2f}")  # fmt: skip
     print(
         f"wall {wall:.1f} s (ideal {ideal:.1f} s), driver process CPU {cpu:.1f} s; actors idle "
-        f"{idle_share(worker.spans, args.actors):.1%} while work remained "
+        f"{idle:.1%} while work remained "
         f"({1 - busy / (args.actors * wall):.1%} of the whole run, setup and tail included)"
     )
+    print(f"trials/s: {rate:.1f} over the run, {tail:.1f} over the last {w}; "
+          f"ask to dispatch p50 {lat.get('ask_to_dispatch_p50', float('nan')):.1f} ms, "
+          f"p99 {lat.get('ask_to_dispatch_p99', float('nan')):.1f} ms")  # fmt: skip
     print(
         f"ask {lat['ask_mean']:.1f} ms mean, {lat['ask_last100']:.1f} ms over the last 100; "
         f"tell {lat['tell_mean']:.2f} ms mean, {lat['tell_last100']:.2f} ms over the last 100"
     )
     print(
         f"driver totals: ask {t['ask']:.1f} s, tell {t['tell']:.1f} s; store writes "
-        f"{t['write']:.1f} s on background threads = {t['write'] / args.trials * 1000:.1f} ms/trial"
+        f"{t['write']:.1f} s on background threads = {t['write'] / args.trials * 1000:.1f} ms/trial;"
+        f" objects {objects}; peak RSS {rss_gib:.2f} GiB"
     )
+    if args.out:
+        result = {
+            "machine": platform.platform(), "cpus": os.cpu_count(),
+            "load_before": load_before, "load_after": os.getloadavg(),
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "wall_s": wall, "ideal_s": ideal, "driver_cpu_s": cpu,
+            "trials_per_s": rate, "trials_per_s_last": tail, "last_window": w,
+            "idle_share": idle, "idle_share_whole_run": 1 - busy / (args.actors * wall),
+            "first_dispatch_after_s": first_dispatch - started,
+            "latency_ms": lat, "seconds": t, "objects": objects, "peak_rss_gib": rss_gib,
+            "stored": summary.stored, "lost": summary.lost,
+        }  # fmt: skip
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=float))
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,8 @@ class RunSummary:
     # time spent on held-out evaluation, from the first assignment to the last outcome
     occupancy: float = 0.0
     eval_share: float = 0.0
+    # time.monotonic() of every tell of this run, in order (trials/s over a window)
+    tell_times: list[float] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -175,6 +177,8 @@ class Driver:
         self.finish_to_tell_s: list[float] = []
         self.ask_s: list[float] = []  # seconds per ask, in ask order
         self.tell_s: list[float] = []  # seconds per tell, in tell order
+        self.ask_to_dispatch_s: list[float] = []  # a trial's ask to its first assignment sent
+        self._asked_at = time.monotonic()
         while to_ask or self.ledger.trials or self.committer.pending:
             if self.lease is not None and self.lease.lost:
                 raise self.lease.lost_error()
@@ -216,10 +220,13 @@ class Driver:
             if changed:
                 for work in self.ledger.ready():
                     self.ledger.pop(work.number)
+                    if work.asked_at is not None and work.dispatched_at is not None:
+                        self.ask_to_dispatch_s.append(work.dispatched_at - work.asked_at)
                     self.committer.submit(self._records(work))
             self._flush(study, summary, timing, block=not to_ask and not self.ledger.trials)
             if want_ask:
                 t0 = time.perf_counter()
+                self._asked_at = time.monotonic()
                 trial = study.ask(self.dists)
                 self._start(trial, next(numbers))
                 elapsed = time.perf_counter() - t0
@@ -233,6 +240,7 @@ class Driver:
         summary.seconds = timing
         summary.latency_ms = _latency_ms({"ask": self.ask_s, "tell": self.tell_s})
         summary.latency_ms |= _percentiles_ms("finish_to_tell", self.finish_to_tell_s)
+        summary.latency_ms |= _percentiles_ms("ask_to_dispatch", self.ask_to_dispatch_s)
         self._check_store(summary, done | self.told)
         summary.best = _best(study, summary.stored_numbers)
         return summary
@@ -288,7 +296,9 @@ class Driver:
         threshold = self.screening.threshold() if self.screening is not None else None
         if threshold is not None:
             assignments = [replace(a, screen_threshold=threshold) for a in assignments]
-        self.ledger.add_trial(TrialWork(number, assignments, trial, params, started=_now()))
+        work = TrialWork(number, assignments, trial, params, started=_now())
+        work.asked_at = self._asked_at
+        self.ledger.add_trial(work)
 
     def _report(self, work: TrialWork) -> None:
         """Intermediate value after each finished vector; may prune the trial."""
@@ -409,6 +419,7 @@ class Driver:
             if last:
                 self.finish_to_tell_s.append(max(0.0, time.time() - max(last)))
             self.told.add(record.number)
+            summary.tell_times.append(time.monotonic())
             summary.told += 1
             summary.vectors += len(item.vectors)
             summary.states[record.state] = summary.states.get(record.state, 0) + 1

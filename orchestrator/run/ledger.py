@@ -11,6 +11,7 @@ an assignment that kills every worker it touches cannot stall the study.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ class TrialWork:
     reported: int = 0  # outcomes already reported as intermediate values
     intermediate: dict[int, float] = field(default_factory=dict)
     started: datetime | None = None
+    asked_at: float | None = None  # time.monotonic() when the trial was asked
+    dispatched_at: float | None = None  # ... when its first assignment was sent
 
     @property
     def ids(self) -> set[str]:
@@ -84,6 +87,11 @@ class Ledger:
             batch.append(one)
         if batch:
             self.running.setdefault(worker, []).extend(batch)
+            now = time.monotonic()
+            for one in batch:
+                work = self.trials[one.trial]
+                if work.dispatched_at is None:
+                    work.dispatched_at = now
         return batch
 
     def finish(

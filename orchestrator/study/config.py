@@ -224,6 +224,10 @@ class SamplerConfig(_Strict):
     # and max_stale_ms milliseconds. 1 is the exact mode: Optuna's own TPE.
     ask_ahead: int = Field(1, ge=1, le=4096)
     max_stale_ms: float = Field(1000.0, gt=0)
+    # With ask_ahead > 1: TPE's "bad" model is built from at most this many
+    # trials (the running ones, the 25 newest, older ones evenly spaced), so
+    # an ask costs the same at 500 trials and at 50,000.
+    max_bad_trials: int = Field(256, ge=32)
 
     @model_validator(mode="after")
     def _ahead_is_tpe(self) -> SamplerConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import time
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.study.config import StudyConfig
@@ -104,6 +106,16 @@ class AheadTPESampler(_TPESampler):
     each other (within a batch there is no constant liar). A change of search
     space, or a fit older than ``max_stale_s``, discards the rest of a batch.
 
+    The draw's cost is the acquisition: every candidate's density under both
+    models, one kernel per trial, so it grows with the history whatever the
+    batch. The good model has at most 25 kernels (TPE's gamma); the bad model
+    has one per other trial. When asking ahead, the bad model is built from at
+    most ``max_bad`` trials: every running one (the constant liar's points),
+    the 25 newest finished ones (TPE's full-weight trials), and older ones
+    evenly spaced in trial order, which TPE's linear ramp weights low anyway.
+    This keeps an ask's cost flat in the history; it is an approximation of
+    TPE's bad model (fewer, so wider, kernels), made only when ``ahead > 1``.
+
     ``ahead=1`` is the exact mode: every ask fits on the whole history and
     proposes what Optuna's own TPE proposes for the same seed and history
     (tests/orchestrator/test_search.py). Should a future Optuna drop the
@@ -115,6 +127,7 @@ class AheadTPESampler(_TPESampler):
         *,
         ahead: int = 1,
         max_stale_s: float = 1.0,
+        max_bad: int = 256,
         clock: Any = time.monotonic,
         **kwargs: Any,
     ) -> None:
@@ -125,6 +138,7 @@ class AheadTPESampler(_TPESampler):
         if ahead > 1 and not _AHEAD_HOOKS:
             log.warning("this Optuna lacks the TPE internals ask-ahead needs: exact mode")
         self.max_stale_s = max_stale_s
+        self.max_bad = max_bad
         self.clock = clock
         self._queue: list[dict[str, Any]] = []
         self._queue_key: tuple | None = None
@@ -132,6 +146,7 @@ class AheadTPESampler(_TPESampler):
         self._seen = 0
         self._fitted_at = 0.0
         self.proposals: list[Proposal] = []  # one per ask served from a batch
+        self._ranked = RankedTrials()
 
     def _sample_relative(
         self, study: Any, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -175,7 +190,13 @@ class AheadTPESampler(_TPESampler):
         if self._gamma is None:
             self._gamma = default_gamma if len(study.directions) <= 1 else default_gamma_mo
         n_told = sum(t.state != TrialState.RUNNING for t in history)
-        good, bad = _split_trials(study, history, self._gamma(n_told))
+        split = None
+        if self._constraints_func is None:  # the driver never sets constraints
+            split = self._ranked.split(study, history, self._gamma(n_told))
+        if split is None:  # multi-objective, constraints, or too few complete trials
+            split = _split_trials(study, history, self._gamma(n_told))
+        good, bad = split
+        bad = thin_history(bad, self.max_bad)
         l_x = self._build_parzen_estimator(study, space, good, handle_below=True)
         g_x = self._build_parzen_estimator(study, space, bad, handle_below=False)
         k = self._n_ei_candidates
@@ -187,6 +208,58 @@ class AheadTPESampler(_TPESampler):
             best = optuna.samplers.TPESampler._compare(part, score[i * k : (i + 1) * k])
             out.append({name: d.to_external_repr(best[name]) for name, d in space.items()})
         return out
+
+
+class RankedTrials:
+    """TPE's split of a single-objective history into good and bad trials,
+    kept up to date instead of sorted again at every fit.
+
+    Complete trials are kept ranked by value (ties: lower number first, as a
+    stable sort of Optuna's gives); a fit adds the trials finished since the
+    last one. ``split`` returns what ``optuna.samplers._tpe.sampler._split_trials``
+    returns for a study without constraints (the caller's check) whenever the good set is made of
+    complete trials alone (at least ``n_good`` of them; tested), else None.
+    """
+
+    def __init__(self) -> None:
+        self._keys: list[tuple[float, int]] = []  # (value, number), best first
+        self._trials: dict[int, FrozenTrial] = {}
+
+    def split(
+        self, study: Any, history: list[FrozenTrial], n_good: int
+    ) -> tuple[list[FrozenTrial], list[FrozenTrial]] | None:
+        if len(study.directions) != 1:
+            return None  # multi-objective TPE ranks by non-domination
+        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+        for t in history:
+            if t.state == TrialState.COMPLETE and t.number not in self._trials:
+                self._trials[t.number] = t
+                bisect.insort(self._keys, (sign * float(t.values[0]), t.number))
+        if len(self._trials) < n_good:
+            return None
+        # A finished trial never leaves a study's history: the ranked ones are in it.
+        good = [self._trials[n] for _, n in self._keys[:n_good]]
+        good_numbers = {t.number for t in good}
+        good.sort(key=lambda t: t.number)
+        bad = [t for t in history if t.number not in good_numbers]
+        return good, bad
+
+
+def thin_history(trials: list[FrozenTrial], at_most: int, recent: int = 25) -> list[FrozenTrial]:
+    """At most ``at_most`` of ``trials`` (sorted by number): every running one,
+    the ``recent`` newest finished ones, and older finished ones evenly spaced
+    in trial order; the order is kept."""
+    if len(trials) <= at_most:
+        return trials
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    finished = [t for t in trials if t.state != TrialState.RUNNING]
+    newest, older = finished[-recent:], finished[:-recent]
+    room = at_most - len(running) - len(newest)
+    picked: list[FrozenTrial] = []
+    if room > 0 and older:
+        idx = np.unique(np.linspace(0, len(older) - 1, num=min(room, len(older))).round())
+        picked = [older[int(i)] for i in idx]
+    return sorted(picked + newest + running, key=lambda t: t.number)
 
 
 try:  # the TPE internals ask-ahead draws on (Optuna 4 and 5)
@@ -221,6 +294,7 @@ def make_sampler(config: StudyConfig, space: Any) -> optuna.samplers.BaseSampler
         return AheadTPESampler(
             ahead=s.ask_ahead,
             max_stale_s=s.max_stale_ms / 1000,
+            max_bad=s.max_bad_trials,
             seed=s.seed,
             constant_liar=True,
             n_startup_trials=s.n_startup_trials,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -154,3 +155,62 @@ def test_ask_ahead_is_for_tpe_only(tmp_path) -> None:
 
     with pytest.raises(Exception, match="leave ask_ahead at 1"):
         tiny_config(str(tmp_path), sampler={"name": "random", "ask_ahead": 8})
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_ranked_split_is_optunas_split(direction) -> None:
+    """The incremental good/bad split equals Optuna's own on growing
+    histories with ties, pruned and running trials (no constraints)."""
+    from optuna.samplers._tpe.sampler import _split_trials, default_gamma
+
+    from orchestrator.study.optuna_study import RankedTrials
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.RandomSampler(0))
+    rng = random.Random(5)
+    ranked, running = RankedTrials(), []
+    checked = 0
+    for i in range(400):
+        running.append(study.ask(DISTS))
+        while len(running) > 8:
+            t = running.pop(rng.randrange(len(running)))
+            roll = rng.random()
+            if roll < 0.1:
+                t.report(rng.random(), step=0)
+                study.tell(t, state=TrialState.PRUNED)
+            else:
+                study.tell(t, round(rng.random(), 1))  # ties on purpose
+        if i % 7:
+            continue
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        history = study.get_trials(deepcopy=False, states=states)
+        n_told = sum(t.state != TrialState.RUNNING for t in history)
+        n_good = default_gamma(n_told)
+        got = ranked.split(study, history, n_good)
+        if got is None:
+            assert sum(t.state == TrialState.COMPLETE for t in history) < n_good
+            continue
+        want = _split_trials(study, history, n_good)
+        assert [t.number for t in got[0]] == [t.number for t in want[0]]
+        assert [t.number for t in got[1]] == [t.number for t in want[1]]
+        checked += 1
+    assert checked > 40
+
+
+def test_thinned_history_keeps_running_and_newest() -> None:
+    from orchestrator.study.optuna_study import thin_history
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+    trials = [study.ask(DISTS) for _ in range(300)]
+    for t in trials[:-10]:
+        study.tell(t, 0.5)
+    history = study.get_trials(deepcopy=False)
+    thin = thin_history(history, 64)
+    numbers = [t.number for t in thin]
+    assert len(thin) == 64 and numbers == sorted(numbers)
+    assert set(range(290, 300)) <= set(numbers)  # every running trial
+    assert set(range(265, 290)) <= set(numbers)  # the 25 newest finished
+    older = [n for n in numbers if n < 265]
+    assert len(older) == 29 and older[0] == 0 and max(np.diff(older)) - min(np.diff(older)) <= 1
+    assert thin_history(history[:50], 64) == history[:50]
