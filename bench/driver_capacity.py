@@ -1,7 +1,8 @@
 """Driver capacity: can one driver keep many actors busy?
 
 Usage: python bench/driver_capacity.py [--trials 2000] [--actors 16] [--seconds 0.5]
-       [--ask-ahead N] [--stale-ms T] [--store local|moto] [--out bench/results/X.json]
+       [--ask-ahead N] [--stale-ms T] [--group-trials N] [--group-ms T]
+       [--store local|moto] [--out bench/results/X.json]
 
 The issue-14 run: ``--trials 10000 --actors 64 --seconds 0.2`` (64 workers
 that could absorb 320 trials/s).
@@ -102,6 +103,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--ask-ahead", type=int, default=1, help="sampler.ask_ahead (1: exact)")
     parser.add_argument("--stale-ms", type=float, default=1000.0, help="sampler.max_stale_ms")
+    parser.add_argument("--group-trials", type=int, default=1, help="store.group_trials")
+    parser.add_argument("--group-ms", type=float, default=200.0, help="store.group_ms")
     parser.add_argument("--store", choices=["local", "moto"], default="local")
     parser.add_argument("--window", type=int, default=1000, help="trials in the tail figure")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
@@ -125,7 +128,8 @@ def main() -> None:
             },
             sampler={"name": "tpe", "seed": 0, "n_startup_trials": 10,
                      "ask_ahead": args.ask_ahead, "max_stale_ms": args.stale_ms},
-            store={"root": root, "endpoint_url": endpoint},
+            store={"root": root, "endpoint_url": endpoint, "group_trials": args.group_trials,
+                   "group_ms": args.group_ms},
             ray={"address": "local", "num_cpus": 2},
         )  # fmt: skip
         plan = prepare(cfg)
@@ -149,7 +153,8 @@ def main() -> None:
     w = min(args.window, len(told) - 1)
     tail = w / (told[-1] - told[-1 - w]) if w > 0 else 0.0
     idle = idle_share(worker.spans, args.actors)
-    print(f"{args.trials} TPE trials (ask_ahead {args.ask_ahead}), {args.actors} fake actors at "
+    print(f"{args.trials} TPE trials (ask_ahead {args.ask_ahead}, group_trials "
+          f"{args.group_trials}), {args.actors} fake actors at "
           f"{args.seconds} s/trial, {args.store} store; load average {load_before[0]:.2f}")  # fmt: skip
     print(
         f"wall {wall:.1f} s (ideal {ideal:.1f} s), driver process CPU {cpu:.1f} s; actors idle "

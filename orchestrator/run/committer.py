@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,15 @@ class TrialRows:
             len(g.steered_text) + len(g.unsteered_text) + 100 for g in self.generations or ()
         )
         return vec + 200 * len(self.transfer) + text + 1000
+
+
+@dataclass
+class _Batch:
+    """Trials written together: one trial's objects (``tag`` None), or a
+    group commit (one object per table, named with ``tag``)."""
+
+    rows: list[TrialRows]
+    tag: str | None = None
 
 
 @dataclass
@@ -145,14 +155,23 @@ class Committer:
         retain_bytes: int = 256 * 2**20,
         base_delay_s: float = 1.0,
         max_delay_s: float = 60.0,
+        group_trials: int = 1,
+        group_s: float = 0.2,
     ) -> None:
         self.writer = writer
+        # Group commits: one group write in flight at a time (a group that
+        # replaces earlier rows rewrites shared files, which must not race).
+        threads = 1 if group_trials > 1 else threads
+        self.group_trials, self.group_s = group_trials, group_s
+        self.fresh_above = -1  # trial numbers above this were never written (set by the driver)
+        self._buffer: list[TrialRows] = []
+        self._buffer_since = 0.0
         self.pool = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store-write")
         self.give_up_after_s = give_up_after_s
         self.retain_bytes = retain_bytes
         self.backoff = _Backoff(base_delay_s, max_delay_s)
-        self.writes: dict[cf.Future, tuple[TrialRows, float]] = {}
-        self.waiting: list[TrialRows] = []
+        self.writes: dict[cf.Future, tuple[_Batch, float]] = {}
+        self.waiting: list[_Batch] = []
         self.retained: OrderedDict[int, TrialRows] = OrderedDict()
         self._retained_bytes = 0
         self.write_s = 0.0  # seconds spent in successful writes, summed over threads
@@ -161,14 +180,45 @@ class Committer:
 
     @property
     def pending(self) -> int:
-        """Trials finished but not yet stored (being written, or waiting to retry)."""
-        return len(self.writes) + len(self.waiting)
+        """Trials finished but not yet stored (buffered for a group, being
+        written, or waiting to retry)."""
+        batches = [b for b, _ in self.writes.values()] + self.waiting
+        return len(self._buffer) + sum(len(b.rows) for b in batches)
+
+    @property
+    def unsaved(self) -> int:
+        """Trials being written or waiting to retry: what the driver bounds
+        with its trials in flight (a group's buffer is bounded by its size)."""
+        return self.pending - len(self._buffer)
 
     def submit(self, rows: TrialRows) -> None:
+        if self.group_trials > 1:
+            if not self._buffer:
+                self._buffer_since = time.monotonic()
+            self._buffer.append(rows)
+            self._flush_group(force=False)
+            return
+        batch = _Batch([rows])
         if self.backoff.failing:
-            self.waiting.append(rows)  # the next try takes it along
+            self.waiting.append(batch)  # the next try takes it along
         else:
-            self._send(rows)
+            self._send(batch)
+
+    def _flush_group(self, force: bool) -> None:
+        """Send the buffered trials as one group when there are ``group_trials``
+        of them, the oldest waited ``group_s``, or ``force``; one group write at
+        a time, and none while the store is failing."""
+        if not self._buffer or self.writes or self.waiting or self.backoff.failing:
+            return
+        full = len(self._buffer) >= self.group_trials
+        old = time.monotonic() - self._buffer_since >= self.group_s
+        if full or old or force:
+            rows, self._buffer = (
+                self._buffer[: self.group_trials],
+                self._buffer[self.group_trials :],
+            )
+            self._buffer_since = time.monotonic()
+            self._send(_Batch(rows, uuid.uuid4().hex[:8]))
 
     def stored(self, *, block: bool = False) -> list[TrialRows]:
         """Trials whose write landed since the last call (``block``: wait a
@@ -180,8 +230,13 @@ class Committer:
         now = time.monotonic()
         if self.waiting and now >= self.backoff.next_try and not self.writes:
             waiting, self.waiting = self.waiting, []
-            for rows in waiting:
-                self._send(rows)
+            if self.group_trials > 1:  # one group at a time, the oldest first
+                self._send(waiting[0])
+                self.waiting = waiting[1:]
+            else:
+                for batch in waiting:
+                    self._send(batch)
+        self._flush_group(force=block)
         if not self.writes:
             self._check_give_up(now)
             if block and self.waiting:
@@ -193,17 +248,19 @@ class Committer:
             done = [f for f in self.writes if f.done()]
         out = []
         for fut in done:
-            rows, submitted = self.writes.pop(fut)
+            batch, submitted = self.writes.pop(fut)
             try:
                 self.write_s += fut.result()
             except StoreWriteError as exc:
-                self.waiting.append(rows)
+                self.waiting.append(batch)  # retried whole: the same group, the same keys
                 self.backoff.failed(exc, submitted, self.pending, time.monotonic())
                 continue
             if self.backoff.failing:
                 self.backoff.recovered(time.monotonic())
-            self._retain(rows)
-            out.append(rows)
+            for rows in batch.rows:
+                self._retain(rows)
+            out.extend(batch.rows)
+        self._flush_group(force=block)
         self._check_give_up(time.monotonic())
         return out
 
@@ -270,13 +327,19 @@ class Committer:
 
     # ------------------------------------------------------------ internals
 
-    def _send(self, rows: TrialRows) -> None:
-        fut = self.pool.submit(self._write, rows)
-        self.writes[fut] = (rows, time.monotonic())
+    def _send(self, batch: _Batch) -> None:
+        fut = self.pool.submit(self._write, batch)
+        self.writes[fut] = (batch, time.monotonic())
 
-    def _write(self, rows: TrialRows) -> float:
+    def _write(self, batch: _Batch) -> float:
         t0 = time.perf_counter()
-        self.writer.write_trial(rows.record, rows.vectors, rows.transfer, rows.generations)
+        if batch.tag is None:
+            (rows,) = batch.rows
+            self.writer.write_trial(rows.record, rows.vectors, rows.transfer, rows.generations)
+        else:
+            fresh = all(r.number > self.fresh_above for r in batch.rows)
+            items = [(r.record, r.vectors, r.transfer, r.generations) for r in batch.rows]
+            self.writer.write_group(items, tag=batch.tag, fresh=fresh)
         return time.perf_counter() - t0
 
     def _retain(self, rows: TrialRows) -> None:
@@ -290,7 +353,7 @@ class Committer:
         since = self.backoff.permanent_since
         if since is None or now - since < self.give_up_after_s:
             return
-        numbers = sorted(r.number for r in self.waiting)
+        numbers = sorted(r.number for b in self.waiting for r in b.rows)
         shown = ", ".join(map(str, numbers[:20])) + (" ..." if len(numbers) > 20 else "")
         raise store_unavailable(
             self.writer.root.uri,

@@ -116,7 +116,12 @@ class Driver:
         self.progress = progress
         # Store writes run on a few threads so the loop keeps feeding workers;
         # Optuna is only told (on this thread) once a trial's write is done.
-        self.committer = Committer(writer, give_up_after_s=cfg.store.give_up_after_s)
+        self.committer = Committer(
+            writer,
+            give_up_after_s=cfg.store.give_up_after_s,
+            group_trials=cfg.store.group_trials,
+            group_s=cfg.store.group_ms / 1000,
+        )
         self.lease = lease
         per_trial = cfg.vectors_per_trial
         n_workers = max(1, pool.size)  # all asked for, ready or not
@@ -139,6 +144,7 @@ class Driver:
             column = study.dataset(table).to_table(columns=["trial"]).column("trial")
             seen |= set(column.to_pylist())
         top = max(seen, default=-1)
+        self.committer.fresh_above = top  # numbers above: never in any object of the store
         gaps = [n for n in range(top + 1) if n not in done]
         return gaps + list(range(top + 1, top + 1 + self.cfg.n_trials))
 
@@ -187,8 +193,9 @@ class Driver:
             # this loop), then writes and tells, then at most one ask.
             # Trials waiting for their store write count as in flight, so a
             # store slower than the workers cannot build an unbounded backlog
-            # of finished, unsaved work that a killed driver would lose.
-            open_trials = len(self.ledger.trials) + self.committer.pending
+            # of finished, unsaved work that a killed driver would lose (a
+            # group commit's buffer does not count: it holds at most a group).
+            open_trials = len(self.ledger.trials) + self.committer.unsaved
             want_ask = bool(to_ask) and open_trials < self.in_flight
             t0 = time.perf_counter()
             events = self.feeder.poll(timeout=self._poll_timeout(want_ask))

@@ -8,6 +8,13 @@ overwrites them, so a retried or resumed trial never leaves two copies. The
 (``completed_trials``) only once its row exists, so a crash half-way
 through leaves a trial the orchestrator simply runs again.
 
+With group commits (``store.group_trials`` > 1, :meth:`StoreWriter.write_group`)
+several trials share one object per table, in the compacted-file layout
+(``compact-<lo>-<hi>-<tag>.parquet``, the trial numbers in the footer), again
+``trials`` last, so the group's trials become complete together; a group that
+may hold trials written before (a killed run's) first removes their earlier
+rows, as a rewrite of one trial does.
+
 Every object is written whole or not at all (see ``roots.put_bytes``), and
 transient errors are retried with backoff; a final failure raises
 ``StoreWriteError``, and the caller should keep the trial pending.
@@ -20,6 +27,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import pyarrow as pa
 
@@ -28,9 +36,19 @@ from orchestrator.store import schemas as S
 from orchestrator.store.compact import drop_trials_from_compacted
 from orchestrator.store.parquet_io import put_with_retries, to_parquet_bytes
 from orchestrator.store.retry import RetryPolicy, RetryStats, with_retries
-from orchestrator.store.roots import StoreRoot, exists, resolve_root
+from orchestrator.store.roots import StoreRoot, delete_objects, exists, resolve_root
 
 log = logging.getLogger(__name__)
+
+TrialWrite = tuple[
+    R.TrialRecord,
+    Sequence[R.VectorRecord],
+    Sequence[R.TransferRecord],
+    Sequence[R.GenerationRecord] | None,
+]
+"""One trial of a group write: its record, vectors, transfer rows, generations."""
+
+_MARKER_TEXT = b"compacted files (compaction or group commits) exist in this study\n"
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,7 @@ class StoreWriter:
         self.context = context
         self.retry = retry or RetryPolicy()
         self.on_object_written = on_object_written
+        self._marked = False  # this writer has put the compacted marker
 
     def vector_id(self, trial: int, example_id: str) -> str:
         """The id the vector of (trial, training example) gets in this study."""
@@ -96,6 +115,52 @@ class StoreWriter:
         trial replaces its earlier text. (A study whose keep_generations went
         to 0 between runs leaves the text of trials it does not rewrite.)"""
         n = trial.number
+        tables = self._trial_tables(trial, vectors, transfer, generations)
+        # Encode everything first: a bad record must not leave a partial trial.
+        blobs = {
+            S.trial_key(name, self.context.study, n): self._encode(name, tables[name], [n])
+            for name in S.TRIAL_TABLES
+            if name in tables
+        }
+        return self._write(blobs, n)
+
+    def write_group(self, trials: Sequence[TrialWrite], *, tag: str, fresh: bool) -> WriteReport:
+        """Write several finished trials as one object per table (a group
+        commit): ``compact-<lo>-<hi>-<tag>.parquet``, the compacted-file
+        layout, whose footer lists the trial numbers inside; the ``trials``
+        object last, so the group's trials become complete together.
+
+        ``fresh``: no object of the study has held any of these trial numbers
+        before (the driver numbers new trials above everything stored), so
+        there is nothing to replace. Otherwise each table first loses every
+        earlier row of these trials (a killed run's uncommitted group, a
+        per-trial file, a compacted file), as a rewrite of one trial does.
+        Writing the same group again (same ``tag``) overwrites its objects.
+        """
+        if not trials:
+            raise ValueError("a group needs at least one trial")
+        numbers = [t[0].number for t in trials]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError(f"a group holds trial numbers twice: {sorted(numbers)}")
+        per_trial = [self._trial_tables(*t) for t in trials]
+        names = [n for n in S.TRIAL_TABLES if any(n in t for t in per_trial)]
+        blobs = {}
+        lo, hi = min(numbers), max(numbers)
+        for name in names:
+            parts = [t[name] for t in per_trial if name in t]
+            table = pa.concat_tables(parts, promote_options="permissive")
+            key = S.compact_key(name, self.context.study, lo, hi, tag)
+            blobs[key] = self._encode(name, table, numbers)
+        return self._write(blobs, None, group=set(numbers), fresh=fresh)
+
+    def _trial_tables(
+        self,
+        trial: R.TrialRecord,
+        vectors: Sequence[R.VectorRecord] = (),
+        transfer: Sequence[R.TransferRecord] = (),
+        generations: Sequence[R.GenerationRecord] | None = None,
+    ) -> dict[str, pa.Table]:
+        n = trial.number
         vec = R.vectors_table(self.context, n, vectors)
         ids = set(vec["vector_id"].to_pylist())
         for what, rows in (("transfer", transfer), ("generation", generations or ())):
@@ -112,17 +177,11 @@ class StoreWriter:
         }
         if generations is not None:
             tables["generations"] = R.generations_table(n, generations)
-        # Encode everything first: a bad record must not leave a partial trial.
-        blobs = {
-            S.trial_key(name, self.context.study, n): self._encode(name, tables[name], n)
-            for name in S.TRIAL_TABLES
-            if name in tables
-        }
-        return self._write(blobs, n)
+        return tables
 
     # ------------------------------------------------------------ internals
 
-    def _encode(self, table: str, data: pa.Table, trial: int | None) -> bytes:
+    def _encode(self, table: str, data: pa.Table, trials: list[int] | None) -> bytes:
         c = self.context
         meta = S.file_metadata(
             table=table,
@@ -130,28 +189,51 @@ class StoreWriter:
             config_hash=c.config_hash,
             model_id=c.model_id,
             model_revision=c.model_revision,
-            trials=None if trial is None else [trial],
+            trials=trials,
         )
         return to_parquet_bytes(data, meta)
 
-    def _write(self, blobs: dict[str, bytes], trial: int | None) -> WriteReport:
+    def _write(
+        self,
+        blobs: dict[str, bytes],
+        trial: int | None,
+        *,
+        group: set[int] | None = None,
+        fresh: bool = False,
+    ) -> WriteReport:
         t0 = time.monotonic()
         stats = RetryStats()
-        compacted = False
-        if trial is not None:
-            marker = S.compacted_marker_key(self.context.study)
+        marker = S.compacted_marker_key(self.context.study)
+        replace: set[int] = set()
+        if group is not None:
+            # Later rewrites of one trial look for it in compacted files only
+            # once the marker says there are some.
+            if not self._marked:
+                put_with_retries(self.root, marker, _MARKER_TEXT, self.retry, stats)
+                self._marked = True
+            replace = set() if fresh else group
+        elif trial is not None:
             compacted = with_retries(
                 lambda: exists(self.root, marker),
                 what=f"stat {self.root.display(marker)}",
                 policy=self.retry,
                 stats=stats,
             )
+            replace = {trial} if compacted else set()
         for key, data in blobs.items():  # dict order is the write order
-            if compacted and trial is not None:
+            if replace:
                 table = key.split("/", 1)[0]
                 drop_trials_from_compacted(
-                    self.root, table, self.context.study, {trial}, self.retry, stats
+                    self.root, table, self.context.study, replace, self.retry, stats
                 )
+                if group is not None:  # and the per-trial files of those trials
+                    old = [S.trial_key(table, self.context.study, n) for n in sorted(replace)]
+                    with_retries(
+                        partial(delete_objects, self.root, old),
+                        what=f"delete earlier files under {self.root.display(table)}",
+                        policy=self.retry,
+                        stats=stats,
+                    )
             put_with_retries(self.root, key, data, self.retry, stats)
             if self.on_object_written is not None:
                 self.on_object_written(key, len(data))

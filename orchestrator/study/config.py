@@ -264,6 +264,11 @@ class StoreConfig(_Strict):
     # How long a permanent store error (missing bucket, access denied, bad
     # credentials) may last before the study stops; transient ones are waited out.
     give_up_after_s: float = Field(120.0, gt=0)
+    # Group commits: finished trials are written group_trials at a time, one
+    # object per table (or when the oldest has waited group_ms); 1 writes
+    # each trial as its own objects. A trial is told once its group landed.
+    group_trials: int = Field(1, ge=1, le=100_000)
+    group_ms: float = Field(200.0, gt=0)
 
 
 class RayConfig(_Strict):
