@@ -89,6 +89,26 @@ def _moto_root(tmp: str) -> tuple[str, str, object]:
     return f"s3://{bucket}/capacity", endpoint, server
 
 
+def resume_figures(cfg, plan, args) -> dict:  # type: ignore[no-untyped-def]
+    """Resume the finished study with ``--resume-extra`` more trials: seconds
+    from ``run_study`` to the first new assignment handed to a worker (the
+    store read once, Optuna rebuilt from it), and to the end."""
+    from orchestrator.study.config import parse_config
+
+    more = parse_config({**cfg.model_dump(), "n_trials": cfg.n_trials + args.resume_extra})
+    worker = TimedWorker([e.id for e in plan.transfer], args.seconds)
+    pool = local_batch_pool(worker, args.actors)
+    started = time.perf_counter()
+    summary = run_study(more, pool=pool, show_progress=False, extend=True)
+    wall = time.perf_counter() - started
+    pool.shutdown()
+    first = min(s for v in worker.spans.values() for s, _ in v) - started
+    print(f"resume of {summary.resumed} stored trials: first new dispatch after {first:.2f} s, "
+          f"{args.resume_extra} more trials done in {wall:.1f} s")  # fmt: skip
+    return {"resumed": summary.resumed, "first_dispatch_s": first, "wall_s": wall,
+            "told": summary.told}  # fmt: skip
+
+
 def count_objects(root: str, study: str) -> dict[str, int]:
     from orchestrator.store import open_study
 
@@ -103,11 +123,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--ask-ahead", type=int, default=1, help="sampler.ask_ahead (1: exact)")
     parser.add_argument("--stale-ms", type=float, default=1000.0, help="sampler.max_stale_ms")
+    parser.add_argument("--max-bad", type=int, default=256, help="sampler.max_bad_trials")
     parser.add_argument("--group-trials", type=int, default=1, help="store.group_trials")
     parser.add_argument("--group-ms", type=float, default=200.0, help="store.group_ms")
     parser.add_argument("--store", choices=["local", "moto"], default="local")
     parser.add_argument("--window", type=int, default=1000, help="trials in the tail figure")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument(
+        "--resume-extra", type=int, default=0,
+        help="then resume the stored study with this many more trials: seconds to the first "
+        "new dispatch",
+    )  # fmt: skip
     args = parser.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,7 +153,8 @@ def main() -> None:
                 "max_iters": 2,
             },
             sampler={"name": "tpe", "seed": 0, "n_startup_trials": 10,
-                     "ask_ahead": args.ask_ahead, "max_stale_ms": args.stale_ms},
+                     "ask_ahead": args.ask_ahead, "max_stale_ms": args.stale_ms,
+                     "max_bad_trials": args.max_bad},
             store={"root": root, "endpoint_url": endpoint, "group_trials": args.group_trials,
                    "group_ms": args.group_ms},
             ray={"address": "local", "num_cpus": 2},
@@ -141,6 +168,7 @@ def main() -> None:
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
         pool.shutdown()
         objects = count_objects(root, cfg.name)
+        resume = resume_figures(cfg, plan, args) if args.resume_extra else None
         if server is not None:
             server.stop()  # type: ignore[attr-defined]
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -153,6 +181,9 @@ def main() -> None:
     w = min(args.window, len(told) - 1)
     tail = w / (told[-1] - told[-1 - w]) if w > 0 else 0.0
     idle = idle_share(worker.spans, args.actors)
+    # trials/s in each successive window of 1,000 tells
+    marks = [t_mono, *told[999::1000]]
+    windows = [1000 / (b - a) for a, b in zip(marks, marks[1:], strict=False)]
     print(f"{args.trials} TPE trials (ask_ahead {args.ask_ahead}, group_trials "
           f"{args.group_trials}), {args.actors} fake actors at "
           f"{args.seconds} s/trial, {args.store} store; load average {load_before[0]:.2f}")  # fmt: skip
@@ -164,6 +195,7 @@ def main() -> None:
     print(f"trials/s: {rate:.1f} over the run, {tail:.1f} over the last {w}; "
           f"ask to dispatch p50 {lat.get('ask_to_dispatch_p50', float('nan')):.1f} ms, "
           f"p99 {lat.get('ask_to_dispatch_p99', float('nan')):.1f} ms")  # fmt: skip
+    print("trials/s per 1,000 tells: " + " ".join(f"{x:.0f}" for x in windows))
     print(
         f"ask {lat['ask_mean']:.1f} ms mean, {lat['ask_last100']:.1f} ms over the last 100; "
         f"tell {lat['tell_mean']:.2f} ms mean, {lat['tell_last100']:.2f} ms over the last 100"
@@ -180,10 +212,11 @@ def main() -> None:
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "wall_s": wall, "ideal_s": ideal, "driver_cpu_s": cpu,
             "trials_per_s": rate, "trials_per_s_last": tail, "last_window": w,
+            "trials_per_s_per_1000": windows,
             "idle_share": idle, "idle_share_whole_run": 1 - busy / (args.actors * wall),
             "first_dispatch_after_s": first_dispatch - started,
             "latency_ms": lat, "seconds": t, "objects": objects, "peak_rss_gib": rss_gib,
-            "stored": summary.stored, "lost": summary.lost,
+            "stored": summary.stored, "lost": summary.lost, "resume": resume,
         }  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2, default=float))

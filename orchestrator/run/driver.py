@@ -185,6 +185,7 @@ class Driver:
         self.tell_s: list[float] = []  # seconds per tell, in tell order
         self.ask_to_dispatch_s: list[float] = []  # a trial's ask to its first assignment sent
         self._asked_at = time.monotonic()
+        self._figures_at = 0.0  # when the progress figures were last summed
         while to_ask or self.ledger.trials or self.committer.pending:
             if self.lease is not None and self.lease.lost:
                 raise self.lease.lost_error()
@@ -431,7 +432,11 @@ class Driver:
             summary.vectors += len(item.vectors)
             summary.states[record.state] = summary.states.get(record.state, 0) + 1
             if self.progress:
-                summary.occupancy, summary.eval_share = self.feeder.occupancy()
+                # Occupancy sums every worker's report: a few times a second is plenty.
+                now = time.monotonic()
+                if now - self._figures_at >= 0.25:
+                    summary.occupancy, summary.eval_share = self.feeder.occupancy()
+                    self._figures_at = now
                 self.progress(summary, record.number)
 
 

@@ -122,7 +122,11 @@ class LocalPool:
     def poll(self, timeout: float) -> list[Done]:
         if not self.futures:
             return []
-        done, _ = cf.wait(list(self.futures), timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        # Finished calls first, without installing a waiter on every future
+        # (cf.wait does, even with timeout 0: a cost per pending call per poll).
+        done = {f for f in self.futures if f.done()}
+        if not done and timeout > 0:
+            done, _ = cf.wait(list(self.futures), timeout=timeout, return_when=cf.FIRST_COMPLETED)
         out: list[Done] = []
         for fut in done:
             key, tag = self.futures.pop(fut)

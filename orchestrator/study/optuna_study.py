@@ -103,8 +103,10 @@ class AheadTPESampler(_TPESampler):
     asks and at most ``max_stale_s`` seconds before the ask it serves, and
     that fit saw every trial finished (told) by then, with the trials then
     running as constant-liar "bad" points. Proposals of one fit do not see
-    each other (within a batch there is no constant liar). A change of search
-    space, or a fit older than ``max_stale_s``, discards the rest of a batch.
+    each other (within a batch there is no constant liar). A fit older than
+    ``max_stale_s`` discards the rest of its batch; a change of search space
+    is seen at the next fit (Optuna samples a parameter the fit did not model
+    on its own, and ignores one the ask does not want).
 
     The draw's cost is the acquisition: every candidate's density under both
     models, one kernel per trial, so it grows with the history whatever the
@@ -147,6 +149,21 @@ class AheadTPESampler(_TPESampler):
         self._fitted_at = 0.0
         self.proposals: list[Proposal] = []  # one per ask served from a batch
         self._ranked = RankedTrials()
+
+    def infer_relative_search_space(
+        self, study: Any, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        """While a batch is fresh, the space it was fitted on: Optuna works
+        the intersection out again on every ask, rescanning every trial since
+        the oldest one still running, which costs more than the draw. The
+        space is worked out again at the next fit (within the staleness bound)."""
+        if self.ahead > 1 and self._queue and self._fresh():
+            assert self._queue_key is not None
+            return dict(self._queue_key)
+        return super().infer_relative_search_space(study, trial)
+
+    def _fresh(self) -> bool:
+        return self.clock() - self._fitted_at <= self.max_stale_s
 
     def _sample_relative(
         self, study: Any, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
