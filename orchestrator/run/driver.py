@@ -52,6 +52,7 @@ from orchestrator.study.objectives import Objective, trial_value
 from orchestrator.study.optuna_study import STORE_TRIAL, create_study, distributions_json, retell
 from orchestrator.study.params import TrialParams
 from orchestrator.study.space import distributions, fixed_params
+from workers.service.assignments import Assignment
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,8 @@ class Driver:
         slots = n_workers * depth
         self.in_flight = cfg.trials_in_flight or max(1, math.ceil(slots / per_trial)) + n_workers
         self.screening = ScreenHistory.of(plan)  # pruner transfer_screen, else None
+        if self.screening is not None:
+            self.feeder.stamp = self._stamp_threshold
 
     # ------------------------------------------------------------- numbering
     def _numbers(self, study: Study, done: set[int]) -> list[int]:
@@ -265,6 +268,16 @@ class Driver:
         for t in stored:
             summary.states[t.state] = summary.states.get(t.state, 0) + 1
 
+    def _stamp_threshold(self, batch: list[Assignment]) -> list[Assignment]:
+        """The screen's threshold, fixed when an assignment is sent to a
+        worker, from every vector finished by then (so it lags by the
+        vectors still running and those waiting in workers' inboxes)."""
+        assert self.screening is not None
+        threshold = self.screening.threshold()
+        if threshold is None:
+            return batch
+        return [replace(a, screen_threshold=threshold) for a in batch]
+
     def _poll_timeout(self, want_ask: bool) -> float:
         """How long the pass may block on the workers: not at all while there
         is a trial to ask; briefly while a write is pending (its tell should
@@ -299,11 +312,6 @@ class Driver:
             )
             for ex, *also in sets
         ]
-        # The screen's threshold is fixed when the trial starts, from every
-        # vector finished by then (its staleness: the vectors still running).
-        threshold = self.screening.threshold() if self.screening is not None else None
-        if threshold is not None:
-            assignments = [replace(a, screen_threshold=threshold) for a in assignments]
         work = TrialWork(number, assignments, trial, params, started=_now())
         work.asked_at = self._asked_at
         self.ledger.add_trial(work)

@@ -23,12 +23,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from orchestrator.run.ledger import Ledger
 from orchestrator.run.pools import Done, Pool, WorkerLost
-from workers.service.assignments import VectorOutcome
+from workers.service.assignments import Assignment, VectorOutcome
 from workers.service.stream import EngineReport
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ class Feeder:
         self.last_outcome: float | None = None
         self.sent: dict[int, int] = defaultdict(int)  # assignments sent, per worker
         self.returned: dict[int, int] = defaultdict(int)  # outcomes back, per worker
+        # Called on every batch as it is sent (Ledger.take): the driver stamps
+        # the transfer screen's current threshold on the assignments.
+        self.stamp: Callable[[list[Assignment]], list[Assignment]] | None = None
 
     def pump(self) -> None:
         """Start a drain on every ready worker that has none, and top up inboxes."""
@@ -78,7 +82,7 @@ class Feeder:
                 self.draining.add(key)
             room = self.depth - self.ledger.outstanding(key)
             if room > 0 and self.ledger.pending:
-                batch = self.ledger.take(key, room)
+                batch = self.ledger.take(key, room, self.stamp)
                 if batch:
                     self.pool.submit(key, _put, batch, "put:" + tag)
                     self.sent[key] += len(batch)

@@ -76,15 +76,24 @@ class Ledger:
         """Assignments sent to ``worker`` that have not come back."""
         return len(self.running.get(worker, ()))
 
-    def take(self, worker: Hashable, max_assignments: int) -> list[Assignment]:
+    def take(
+        self,
+        worker: Hashable,
+        max_assignments: int,
+        stamp: Callable[[list[Assignment]], list[Assignment]] | None = None,
+    ) -> list[Assignment]:
         """Up to ``max_assignments`` pending assignments, now sent to ``worker``
-        (added to what it already holds: a streaming worker's inbox)."""
+        (added to what it already holds: a streaming worker's inbox).
+        ``stamp`` may replace them with copies that carry what is known only
+        at sending time (the transfer screen's threshold)."""
         batch: list[Assignment] = []
         while self.pending and len(batch) < max_assignments:
             one = self.pending.popleft()
             if self.trials[one.trial].pruned:
                 continue  # a pruned trial's unstarted assignments are simply dropped
             batch.append(one)
+        if batch and stamp is not None:
+            batch = stamp(batch)
         if batch:
             self.running.setdefault(worker, []).extend(batch)
             now = time.monotonic()

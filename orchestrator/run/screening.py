@@ -7,8 +7,9 @@ the median slice score of every vector finished so far in the study (the
 first slice of every vector, screened or not, so the history is unbiased),
 moved ``margin`` towards worse, once ``n_startup_vectors`` have finished.
 
-It is fixed when a trial starts, so its staleness is bounded by the vectors
-still running then; on resume, the history is read back from the store.
+It is fixed when an assignment is sent to a worker, so its staleness is
+bounded by the vectors running or waiting in workers' inboxes then; on
+resume, the history is read back from the store.
 """
 
 from __future__ import annotations
