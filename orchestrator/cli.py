@@ -171,6 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
     _change_args(p)
     p.set_defaults(func=C.cmd_run)
 
+    p = sub.add_parser(
+        "check",
+        help="check a study without running it, and print its plan and cost",
+        description=(
+            "Everything `run` checks before it starts Ray (config, the model's config and "
+            "tokenizer without weights, layer range, task and targets, store reachability), "
+            "then the plan: trials, vectors, vector-steps, held-out evaluations, and an "
+            "estimate of GPU time. Writes nothing."
+        ),
+    )
+    p.add_argument("config", help="study YAML")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. n_trials=20")
+    p.add_argument(
+        "--tflops", type=float, default=None,
+        help="sustained TFLOP/s of one GPU for the estimate (default 270: measured, the "
+        "Gemma-2-2B shape on one H200)",
+    )  # fmt: skip
+    p.set_defaults(func=C.cmd_check)
+
     p = sub.add_parser("status", help="trials and vectors of a study, from the store")
     _root_args(p)
     p.add_argument("--last", type=_count, default=10, help="show the last N trials")

@@ -51,6 +51,59 @@ def _open(args: argparse.Namespace) -> Any:
     return open_existing_study(store, args.study)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """``steer-sweep check``: the checks of ``run``, then the plan; writes nothing."""
+    import math
+
+    from orchestrator.run.estimate import DEFAULT_TFLOPS, describe, estimate
+    from orchestrator.run.preflight import PreflightError, prepare
+    from orchestrator.run.runner import check_placement
+    from orchestrator.store import StoreConfigError, check_store
+    from orchestrator.study.config import load_config
+    from workers.models import load_codec
+
+    tflops = DEFAULT_TFLOPS if args.tflops is None else args.tflops
+    if not (math.isfinite(tflops) and tflops > 0):
+        raise PreflightError(f"--tflops must be a positive number, got {args.tflops}")
+    cfg = load_config(args.config, args.overrides)
+    check_placement(cfg)
+    plan = prepare(cfg, check_store_root=False)
+    root = plan.store
+    try:
+        if root.is_s3:
+            check_store(root, probe_write=False)  # reachable and readable; run probes a write
+        else:
+            _check_local_root(root.path(""))
+    except StoreConfigError as exc:
+        raise PreflightError(f"store.root: {exc}") from None
+    for line in describe(plan, estimate(plan, load_codec(plan.model_spec), tflops)):
+        print(line)
+    return 0
+
+
+def _check_local_root(path: str) -> None:
+    """A local store root that exists is a writable folder; one that does not
+    yet has a writable folder above it (``run`` creates it; ``check`` does not)."""
+    import os
+
+    from orchestrator.store import StoreConfigError
+
+    path = os.path.abspath(path.rstrip("/") or "/")
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise StoreConfigError(f"{path} exists and is not a folder")
+        if not os.access(path, os.W_OK):
+            raise StoreConfigError(f"{path} is not writable by this user")
+        return
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise StoreConfigError(
+            f"{path} does not exist and cannot be created: {parent} is not a writable folder"
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.run.runner import run_study
     from orchestrator.study.config import load_config

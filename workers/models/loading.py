@@ -20,6 +20,7 @@ from workers.models.spec import (
     ModelLoadError,
     ModelShape,
     ModelSpec,
+    block_params,
     pick_device,
     pick_dtype,
 )
@@ -132,7 +133,7 @@ def peek_shape(spec: ModelSpec | str) -> ModelShape:
             raise ModelLoadError(
                 f"unknown tiny model '{name}'; families: {', '.join(TINY_FAMILIES)}"
             )
-        return ModelShape(4, 64)
+        return config_shape(tiny_config(family, len(tiny_tokenizer()), n_layers=4, d_model=64))
     if name in BUNDLED_MODELS:
         cached = cache_root(spec.cache_dir) / name
         if not (cached / "config.json").is_file():
@@ -154,4 +155,25 @@ def peek_shape(spec: ModelSpec | str) -> ModelShape:
     width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     if not n_layers or not width:
         raise ModelLoadError(f"the config of '{name}' names no layer count or width")
-    return ModelShape(int(n_layers), int(width))
+    return config_shape(config)
+
+
+def config_shape(config: Any) -> ModelShape:
+    """The shape of a ``transformers`` config (text config of a multimodal one)."""
+    config = getattr(config, "text_config", None) or config
+    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    if not n_layers or not width:
+        raise ModelLoadError("the model's config names no layer count or width")
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+    params = block_params(
+        d_model=int(width),
+        heads=heads,
+        kv_heads=getattr(config, "num_key_value_heads", None),
+        head_dim=getattr(config, "head_dim", None),
+        ffn=ffn,
+        family=str(getattr(config, "model_type", "")),
+    )
+    vocab = getattr(config, "vocab_size", None)
+    return ModelShape(int(n_layers), int(width), params, int(vocab) if vocab else None)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from workers.models.spec import ModelLoadError, ModelShape, ModelSpec
+from workers.models.spec import ModelLoadError, ModelShape, ModelSpec, block_params
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,22 @@ def gguf_shape(path: Path) -> ModelShape:
     check_gguf(path)
     try:
         reader = GGUFReader(path)
-        arch = str(reader.fields["general.architecture"].contents())
-        blocks = int(reader.fields[f"{arch}.block_count"].contents())
-        width = int(reader.fields[f"{arch}.embedding_length"].contents())
+        fields = reader.fields
+        arch = str(fields["general.architecture"].contents())
+        blocks = int(fields[f"{arch}.block_count"].contents())
+        width = int(fields[f"{arch}.embedding_length"].contents())
+
+        def number(key: str) -> int | None:
+            field = fields.get(f"{arch}.{key}")
+            return int(field.contents()) if field is not None else None
+
+        heads, ffn = number("attention.head_count"), number("feed_forward_length")
+        kv_heads, head_dim = number("attention.head_count_kv"), number("attention.key_length")
+        tokens = fields.get("tokenizer.ggml.tokens")
+        vocab = len(tokens.data) if tokens is not None else None
     except Exception as exc:  # noqa: BLE001 - any parser error means a bad file
         raise ModelLoadError(f"could not read GGUF metadata of {path}: {exc}") from exc
-    return ModelShape(blocks, width)
+    params = block_params(
+        d_model=width, heads=heads, kv_heads=kv_heads, head_dim=head_dim, ffn=ffn, family=arch
+    )
+    return ModelShape(blocks, width, params, vocab)

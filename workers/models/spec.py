@@ -46,8 +46,40 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class ModelShape:
+    """A model's size, read from its config without weights. ``block_params``
+    is the weights of one decoder block (attention and MLP; norms left out)
+    and ``vocab`` the vocabulary size, when the config says (None: unknown)."""
+
     n_layers: int
     d_model: int
+    block_params: int | None = None
+    vocab: int | None = None
+
+
+# MLPs with two matrices (up, down); every other family here has a gated MLP (three).
+UNGATED = ("gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "phi")
+
+
+def block_params(
+    *,
+    d_model: int,
+    heads: int | None,
+    kv_heads: int | None,
+    head_dim: int | None,
+    ffn: int | None,
+    family: str,
+) -> int:
+    """Weights of one decoder block from its config's sizes: query and output
+    projections of ``heads`` x ``head_dim``, key and value of ``kv_heads`` x
+    ``head_dim`` (grouped-query attention), and an MLP of width ``ffn``
+    (4 x ``d_model`` when unknown; gated unless ``family`` is in ``UNGATED``)."""
+    heads = heads or max(1, d_model // 64)
+    hd = head_dim or d_model // heads
+    kv = kv_heads or heads
+    attn = 2 * d_model * heads * hd + 2 * d_model * kv * hd
+    width = ffn or 4 * d_model
+    mlp = (2 if family in UNGATED else 3) * d_model * width
+    return attn + mlp
 
 
 def pick_device(device: str) -> torch.device:
