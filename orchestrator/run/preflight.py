@@ -91,6 +91,10 @@ def load_task(config: StudyConfig) -> tuple[list[Example], list[Example], Any]:
                 f"task.builtin '{t.builtin}' is not a built-in task ({names})"
             ) from None
         examples = list(task.examples)
+    elif t.hf is not None:
+        from orchestrator.datasets.hf import load_hf_examples
+
+        examples = load_hf_examples(t.hf, t.mapping or None, t.filter)
     else:
         assert t.path is not None  # TaskConfig allows exactly one source
         examples = datasets.load_examples(t.path, t.mapping or None)

@@ -111,18 +111,45 @@ class ModelConfig(_Strict):
     placement: Literal["default", "spread"] = "default"
 
 
+SplitName = Literal["train", "transfer"]
+
+
+def _train_only() -> dict[SplitName, str]:
+    return {"train": "train"}
+
+
+class HFSource(_Strict):
+    """A task from a Hugging Face data set (``orchestrator.datasets.hf``):
+    ``path`` is a hub id, a ``save_to_disk`` folder, or a local ``.parquet`` /
+    ``.arrow`` / ``.jsonl`` / ``.csv`` file; ``splits`` maps the study's splits
+    to the data set's (slices allowed: ``train[:20]``); with one split only,
+    each row's mapped ``split`` column says where it goes."""
+
+    path: str = Field(min_length=1)
+    name: str | None = None  # the data set's configuration (subset)
+    revision: str | None = None
+    splits: dict[SplitName, str] = Field(default_factory=_train_only, min_length=1)
+
+
 class TaskConfig(_Strict):
     builtin: str | None = None
     path: str | None = None
+    hf: HFSource | None = None
     mapping: dict[str, str] = Field(default_factory=dict)
+    # Keep only the rows whose column holds one of the values ({column: value
+    # or [values]}), before the mapping; with hf only.
+    filter: dict[str, Any] = Field(default_factory=dict)
     train_split: str = "train"
     transfer_split: str = "transfer"
     max_transfer: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> TaskConfig:
-        if (self.builtin is None) == (self.path is None):
-            raise ValueError("give exactly one of task.builtin or task.path")
+        given = [n for n in ("builtin", "path", "hf") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of task.builtin, task.path or task.hf")
+        if self.filter and self.hf is None:
+            raise ValueError("task.filter applies to task.hf data sets only")
         return self
 
 
