@@ -187,9 +187,11 @@ class Committer:
 
     @property
     def unsaved(self) -> int:
-        """Trials being written or waiting to retry: what the driver bounds
-        with its trials in flight (a group's buffer is bounded by its size)."""
-        return self.pending - len(self._buffer)
+        """What the driver bounds with its trials in flight: trials being
+        written or waiting to retry, and buffered ones beyond one group (a
+        group fills without holding up asks; while the store fails, the
+        buffer grows, and then counts, as any unsaved trial does)."""
+        return self.pending - min(len(self._buffer), self.group_trials)
 
     def submit(self, rows: TrialRows) -> None:
         if self.group_trials > 1:

@@ -178,3 +178,36 @@ def test_a_write_that_fails_keeps_its_trial_pending_and_is_retried(
     audit(root, "tiny", 10, 1)
     lines = failing_lines(caplog)
     assert 1 <= len(lines) < len(failed), lines  # trials failing together share one backoff
+
+
+def test_a_group_write_that_fails_is_retried_whole(tmp_path: Any, monkeypatch: pytest.MonkeyPatch):
+    """Group commits: the first two groups' ``trials`` objects fail to land
+    (their other tables did). Each group is retried whole under the same keys
+    after the backoff; every trial is stored and told once, no row twice."""
+    import orchestrator.store.writer as writer_mod
+
+    root = str(tmp_path / "store")
+    cfg = tiny_config(
+        root, n_trials=10, vectors_per_trial=1, model__max_batch_jobs=4,
+        store={"root": root, "group_trials": 3, "group_ms": 50.0},
+    )  # fmt: skip
+    real_put = writer_mod.put_with_retries
+    failed: list[str] = []
+
+    def flaky_put(r: Any, key: str, data: bytes, retry: Any, stats: Any) -> None:
+        if key.startswith("trials/") and len(failed) < 2:
+            failed.append(key)
+            raise StoreWriteError(f"put {key}: HTTP status 503 (simulated)")
+        real_put(r, key, data, retry, stats)
+
+    monkeypatch.setattr(writer_mod, "put_with_retries", flaky_put)
+    summary = run_study(cfg, pool=local_pool(cfg, n=1), show_progress=False)
+    assert len(failed) == 2 and all("/compact-" in k for k in failed)
+    assert summary.told == 10 and summary.stored == 10 and not summary.lost
+    audit(root, "tiny", 10, 1)
+    st = open_study(root, "tiny")
+    for table, key in (("vectors", ["vector_id"]), ("transfer", ["vector_id", "eval_example_id"])):
+        df = st.dataset(table).to_table().to_pandas()
+        assert not df.duplicated(key).any(), table
+    # the retried groups were written under the keys that failed
+    assert {k.split("/")[-1] for k in failed} <= {k.split("/")[-1] for k in st.files("trials")}
