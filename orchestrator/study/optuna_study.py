@@ -6,6 +6,7 @@ import bisect
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -147,7 +148,8 @@ class AheadTPESampler(_TPESampler):
         self._fits = 0
         self._seen = 0
         self._fitted_at = 0.0
-        self.proposals: list[Proposal] = []  # one per ask served from a batch
+        # One per ask served from a batch (the latest 100,000), for the staleness test.
+        self.proposals: deque[Proposal] = deque(maxlen=100_000)
         self._ranked = RankedTrials()
 
     def infer_relative_search_space(
