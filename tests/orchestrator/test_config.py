@@ -46,7 +46,7 @@ def test_overrides_apply_with_yaml_values(tmp_path) -> None:
         ({"search": {"norm": {"low": 5.0, "high": 1.0}}}, "high .1.0. is below low .5.0."),
         (
             {"task": {"builtin": "refusal", "path": "x.jsonl"}},
-            "exactly one of task.builtin or task.path",
+            "exactly one of task.builtin, task.path or task.hf",
         ),
         ({"sampler": {"name": "cmaes"}}, "sampler.name"),
     ],
