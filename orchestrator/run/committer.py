@@ -316,7 +316,11 @@ class Committer:
         while True:
             try:
                 return open_study(self.writer.root, self.writer.context.study).completed_trials()
-            except OSError as exc:
+            except Exception as exc:
+                # pyarrow raises OSError; an S3 listing raises botocore's errors
+                # (NoSuchBucket, AccessDenied, a dropped connection).
+                if not _store_error(exc):
+                    raise
                 if time.monotonic() - started > self.give_up_after_s:
                     raise store_unavailable(
                         self.writer.root.uri,
@@ -364,6 +368,12 @@ class Committer:
             f"the {len(numbers)} finished trial(s) that could not be stored ({shown}) run "
             "again (store.give_up_after_s sets how long a study waits)",
         )
+
+
+def _store_error(exc: BaseException) -> bool:
+    """An error from the store's I/O (not a bug): an ``OSError``, or any error
+    of botocore (the S3 client behind listings and conditional writes)."""
+    return isinstance(exc, OSError) or type(exc).__module__.startswith("botocore")
 
 
 def store_unavailable(uri: str, what: str, rerun: str) -> StoreUnavailable:

@@ -98,7 +98,9 @@ def test_a_bucket_that_stays_gone_stops_the_study(
 ) -> None:
     client, bucket = s3
     root = f"s3://{bucket}/sweeps"
-    cfg = tiny_config(root, n_trials=40, store={"root": root, "give_up_after_s": 2.0})
+    # Enough trials that the bucket goes while the run still writes (it stops
+    # at the give-up, so more trials do not make the test longer).
+    cfg = tiny_config(root, n_trials=400, store={"root": root, "give_up_after_s": 2.0})
     run = StudyThread(cfg, pool=local_pool(cfg, delay=0.3))
     run.start()
     wait_for_trials(root, "tiny", 2)
@@ -211,3 +213,24 @@ def test_a_group_write_that_fails_is_retried_whole(tmp_path: Any, monkeypatch: p
         assert not df.duplicated(key).any(), table
     # the retried groups were written under the keys that failed
     assert {k.split("/")[-1] for k in failed} <= {k.split("/")[-1] for k in st.files("trials")}
+
+
+def test_reading_back_a_vanished_bucket_is_store_unavailable(s3: tuple[Any, str]) -> None:
+    """The end-of-run read-back (``Committer.verify``) against a bucket that is
+    gone: botocore's NoSuchBucket from the listing is retried, then becomes
+    the one-paragraph StoreUnavailable, not a traceback."""
+    from store.factories import make_context
+
+    from orchestrator.run.committer import Committer
+    from orchestrator.store import StoreWriter
+
+    client, bucket = s3
+    writer = StoreWriter(f"s3://{bucket}/sweeps", make_context())
+    committer = Committer(writer, give_up_after_s=0.5, base_delay_s=0.1)
+    try:
+        empty_and_delete(client, bucket)
+        with pytest.raises(StoreUnavailable, match="could not be read back") as err:
+            committer.verify({0, 1})
+        assert "create the bucket" in str(err.value) and "\n" not in str(err.value)
+    finally:
+        committer.close()
