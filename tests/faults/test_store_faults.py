@@ -57,6 +57,24 @@ def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> tu
     return make_bucket(moto_endpoint)
 
 
+def fail_first_trials_puts(monkeypatch: pytest.MonkeyPatch, n: int) -> list[str]:
+    """Fault injection below the driver: the first ``n`` puts of a ``trials``
+    object fail as a 503 would; returns their keys as they fail."""
+    import orchestrator.store.writer as writer_mod
+
+    real_put = writer_mod.put_with_retries
+    failed: list[str] = []
+
+    def flaky_put(r: Any, key: str, data: bytes, retry: Any, stats: Any) -> None:
+        if key.startswith("trials/") and len(failed) < n:
+            failed.append(key)
+            raise StoreWriteError(f"put {key}: HTTP status 503 (simulated)")
+        real_put(r, key, data, retry, stats)
+
+    monkeypatch.setattr(writer_mod, "put_with_retries", flaky_put)
+    return failed
+
+
 def failing_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
@@ -139,20 +157,10 @@ def test_a_write_that_fails_keeps_its_trial_pending_and_is_retried(
     """Fault injection below the driver: the first six ``trials`` objects fail to
     land. Those trials wait (told to nobody), are retried after a backoff, and
     are stored and told exactly once; every tell comes after its row is stored."""
-    import orchestrator.store.writer as writer_mod
 
     root = str(tmp_path / "store")
     cfg = tiny_config(root, n_trials=10, vectors_per_trial=1, model__max_batch_jobs=4)
-    real_put = writer_mod.put_with_retries
-    failed: list[str] = []
-
-    def flaky_put(r: Any, key: str, data: bytes, retry: Any, stats: Any) -> None:
-        if key.startswith("trials/") and len(failed) < 6:
-            failed.append(key)
-            raise StoreWriteError(f"put {key}: HTTP status 503 (simulated)")
-        real_put(r, key, data, retry, stats)
-
-    monkeypatch.setattr(writer_mod, "put_with_retries", flaky_put)
+    failed = fail_first_trials_puts(monkeypatch, 6)
     told_before_stored: list[int] = []
     told: list[int] = []
     import orchestrator.run.driver as driver_mod
@@ -186,23 +194,13 @@ def test_a_group_write_that_fails_is_retried_whole(tmp_path: Any, monkeypatch: p
     """Group commits: the first two groups' ``trials`` objects fail to land
     (their other tables did). Each group is retried whole under the same keys
     after the backoff; every trial is stored and told once, no row twice."""
-    import orchestrator.store.writer as writer_mod
 
     root = str(tmp_path / "store")
     cfg = tiny_config(
         root, n_trials=10, vectors_per_trial=1, model__max_batch_jobs=4,
         store={"root": root, "group_trials": 3, "group_ms": 50.0},
     )  # fmt: skip
-    real_put = writer_mod.put_with_retries
-    failed: list[str] = []
-
-    def flaky_put(r: Any, key: str, data: bytes, retry: Any, stats: Any) -> None:
-        if key.startswith("trials/") and len(failed) < 2:
-            failed.append(key)
-            raise StoreWriteError(f"put {key}: HTTP status 503 (simulated)")
-        real_put(r, key, data, retry, stats)
-
-    monkeypatch.setattr(writer_mod, "put_with_retries", flaky_put)
+    failed = fail_first_trials_puts(monkeypatch, 2)
     summary = run_study(cfg, pool=local_pool(cfg, n=1), show_progress=False)
     assert len(failed) == 2 and all("/compact-" in k for k in failed)
     assert summary.told == 10 and summary.stored == 10 and not summary.lost
