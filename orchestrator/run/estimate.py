@@ -23,9 +23,9 @@ reached 83).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from orchestrator.run.preflight import Plan
+from orchestrator.study.space import highest, lowest, max_shots
 from workers.evaluation.evaluate import first_targets
 from workers.examples import Example
 from workers.models import Codec
@@ -54,21 +54,6 @@ class Estimate:
         return (self.optimize_flop + self.evaluate_flop) / (self.tflops * 1e12)
 
 
-def _high(value: Any) -> float:
-    """The largest value a search entry can take (fixed, a list, or a range)."""
-    if isinstance(value, list):
-        return max(_high(v) for v in value)
-    high = getattr(value, "high", None)
-    return float(high if high is not None else value)
-
-
-def _low(value: Any) -> float:
-    if isinstance(value, list):
-        return min(_low(v) for v in value)
-    low = getattr(value, "low", None)
-    return float(low if low is not None else value)
-
-
 def _tokens(codec: Codec | None, ex: Example) -> tuple[int, int]:
     """(prompt + targets, targets) tokens of one example."""
     targets = [text for text, _, _ in ex.targets()]
@@ -88,8 +73,8 @@ def estimate(plan: Plan, codec: Codec | None, tflops: float = DEFAULT_TFLOPS) ->
     """The plan of ``plan``'s study; see the module docstring."""
     cfg, space, shape = plan.config, plan.space, plan.shape
     vectors = cfg.n_trials * cfg.vectors_per_trial
-    steps = int(_high(space.max_iters))
-    shots = int(_high(space.shots))
+    steps = int(highest(space.max_iters))
+    shots = max_shots(space)
     train = [_tokens(codec, ex) for ex in plan.train_pool]
     ev = cfg.evaluation
     held_out = [first_targets(ex, ev.max_targets) if ev.max_targets else ex for ex in plan.transfer]
@@ -97,8 +82,8 @@ def estimate(plan: Plan, codec: Codec | None, tflops: float = DEFAULT_TFLOPS) ->
     t_train = shots * _mean([t for t, _ in train])
     m_train = shots * _mean([m for _, m in train])
     t_eval, m_eval = _mean([t for t, _ in evals]), _mean([m for _, m in evals])
-    lowest = max(0, int(_low(space.layer)))
-    above = max(1, shape.n_layers - lowest)
+    low_layer = max(0, int(lowest(space.layer)))
+    above = max(1, shape.n_layers - low_layer)
     p = shape.block_params or 12 * shape.d_model**2
     head = shape.d_model * (shape.vocab or 0)
     per_step = 6 * p * above * t_train + 6 * head * m_train
@@ -113,7 +98,7 @@ def estimate(plan: Plan, codec: Codec | None, tflops: float = DEFAULT_TFLOPS) ->
         target_tokens=m_train,
         eval_tokens=t_eval,
         eval_target_tokens=m_eval,
-        lowest_layer=lowest,
+        lowest_layer=low_layer,
         optimize_flop=vectors * steps * per_step,
         evaluate_flop=n_evals * per_eval,
         tflops=tflops,

@@ -98,9 +98,20 @@ def grid(space: SearchSpace) -> dict[str, list[Any]]:
     return out
 
 
-def max_shots(space: SearchSpace) -> int:
-    """The most training examples a vector of this space is optimized on."""
-    value = space.shots
-    if isinstance(value, IntRange):
+def highest(value: Any) -> Any:
+    """The largest value a search entry can take: a fixed value, a list, or a range."""
+    if isinstance(value, IntRange | FloatRange):
         return value.high
     return max(value) if isinstance(value, list) else value
+
+
+def lowest(value: Any) -> Any:
+    """The smallest value a search entry can take."""
+    if isinstance(value, IntRange | FloatRange):
+        return value.low
+    return min(value) if isinstance(value, list) else value
+
+
+def max_shots(space: SearchSpace) -> int:
+    """The most training examples a vector of this space is optimized on."""
+    return int(highest(space.shots))
