@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 from orchestrator.run.preflight import Plan
 from orchestrator.study.space import highest, lowest, max_shots
-from workers.evaluation.evaluate import first_targets
 from workers.examples import Example
 from workers.models import Codec
 
@@ -76,9 +75,7 @@ def estimate(plan: Plan, codec: Codec | None, tflops: float = DEFAULT_TFLOPS) ->
     steps = int(highest(space.max_iters))
     shots = max_shots(space)
     train = [_tokens(codec, ex) for ex in plan.train_pool]
-    ev = cfg.evaluation
-    held_out = [first_targets(ex, ev.max_targets) if ev.max_targets else ex for ex in plan.transfer]
-    evals = [_tokens(codec, ex) for ex in held_out]
+    evals = [_tokens(codec, ex) for ex in plan.evaluation.scored_examples]
     t_train = shots * _mean([t for t, _ in train])
     m_train = shots * _mean([m for _, m in train])
     t_eval, m_eval = _mean([t for t, _ in evals]), _mean([m for _, m in evals])

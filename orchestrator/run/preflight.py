@@ -22,7 +22,7 @@ from orchestrator.study.space import (
     max_shots,
     resolve_layers,
 )
-from workers.evaluation.evaluate import EvalSpec, first_targets
+from workers.evaluation.evaluate import EvalSpec
 from workers.evaluation.screen import SCREENABLE, Screen, matches
 from workers.examples import Example
 from workers.models import Codec, ModelShape, ModelSpec, load_codec, peek_shape
@@ -177,9 +177,7 @@ def check_positions(codec: Codec, space: SearchSpace, train: list[Example]) -> N
 
 def measured_metrics(evaluation: EvalSpec) -> list[str]:
     """The transfer metrics the workers will write for this study, by name."""
-    examples = list(evaluation.examples)
-    if evaluation.max_targets is not None:
-        examples = [first_targets(ex, evaluation.max_targets) for ex in examples]
+    examples = evaluation.scored_examples
     out: dict[str, None] = {}
     metrics = evaluation.metrics
     if "target_logprob" in metrics:

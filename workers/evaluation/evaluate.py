@@ -56,6 +56,14 @@ class EvalSpec:
         return "judge" in self.metrics or "surprisal" in self.metrics
 
     @property
+    def scored_examples(self) -> list[Example]:
+        """The held-out examples as scored: each cut to its first
+        ``max_targets`` targets when that is set."""
+        if self.max_targets is None:
+            return list(self.examples)
+        return [first_targets(ex, self.max_targets) for ex in self.examples]
+
+    @property
     def keeps_text(self) -> bool:
         """Whether evaluation returns generations (the store's ``generations`` table)."""
         return self.generates_all or self.keep_generations > 0
@@ -85,9 +93,7 @@ def evaluate(
     gens: list[Generation] = []
     if not vectors:
         return rows, gens
-    examples = list(spec.examples)
-    if spec.max_targets is not None:
-        examples = [first_targets(ex, spec.max_targets) for ex in examples]
+    examples = spec.scored_examples
     if "target_logprob" in spec.metrics:
         rows += target_logprobs(
             lm,
