@@ -204,7 +204,7 @@ def check_objectives(config: StudyConfig, measured: list[str]) -> None:
     for i, obj in enumerate(config.objectives):
         if obj.metric == "norm":
             continue
-        if not any(m == obj.metric or m.startswith(obj.metric + ":") for m in measured):
+        if not any(matches(m, obj.metric) for m in measured):
             shown = ", ".join(measured) or "nothing"
             raise PreflightError(
                 f"objectives[{i}].metric '{obj.metric}' is not measured by this study, which "

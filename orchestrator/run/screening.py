@@ -14,6 +14,7 @@ resume, the history is read back from the store.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,11 +72,14 @@ def stored_slice_scores(
 
 @dataclass
 class ScreenHistory:
+    """The slice scores so far, kept sorted: the threshold is asked for on
+    every batch sent to a worker, so its median is read, not recomputed."""
+
     screen: Screen
     slice_ids: frozenset[str]
     margin: float
     n_startup: int
-    scores: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)  # sorted, finite
 
     @classmethod
     def of(cls, plan: Plan) -> ScreenHistory | None:
@@ -87,13 +91,17 @@ class ScreenHistory:
         return cls(screen, ids, p.margin, p.n_startup_vectors)
 
     def add(self, outcomes: Sequence[VectorOutcome]) -> None:
-        self.scores += slice_scores(outcomes, self.screen, self.slice_ids)
+        for score in slice_scores(outcomes, self.screen, self.slice_ids):
+            bisect.insort(self.scores, score)
 
     def resume(self, stored: Study, done: set[int]) -> None:
-        self.scores = stored_slice_scores(stored, done, self.screen, self.slice_ids)
+        self.scores = sorted(stored_slice_scores(stored, done, self.screen, self.slice_ids))
 
     def threshold(self) -> float | None:
-        """The threshold for a trial starting now; None before the startup."""
-        if len(self.scores) < self.n_startup:
+        """The threshold for an assignment sent now; None before the startup."""
+        n = len(self.scores)
+        if n < max(1, self.n_startup):
             return None
-        return self.screen.threshold(self.scores, self.margin)
+        s = self.scores
+        median = s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+        return self.screen.moved(median, self.margin)

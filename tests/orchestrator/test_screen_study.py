@@ -137,3 +137,25 @@ def test_the_driver_scores_only_the_slice() -> None:
     failed = VectorOutcome("b", 0, "y", rows=[row("b", "s0", 1.0)], error="boom")
     empty = VectorOutcome("c", 0, "z", rows=[row("c", "r0", 4.0)])
     assert slice_scores([good, failed, empty], screen, frozenset({"s0", "s1"})) == [1.5]
+
+
+def test_the_history_threshold_is_the_screens_median_rule() -> None:
+    """The driver keeps its slice scores sorted and reads the median; that is
+    the screen's own rule on the same scores, at every step."""
+    import random
+
+    from orchestrator.run.screening import ScreenHistory
+
+    rng = random.Random(4)
+    for direction in ("maximize", "minimize"):
+        screen = Screen(2, "target_logprob", "delta", direction)
+        history = ScreenHistory(screen, frozenset({"s0"}), margin=0.3, n_startup=3)
+        seen: list[float] = []
+        for i in range(40):
+            score = round(rng.uniform(-2, 2), 1)  # ties on purpose
+            seen.append(score)
+            history.add([VectorOutcome(f"v{i}", 0, "x", rows=[
+                TransferRow(f"v{i}", "s0", "target_logprob:promote:0", score - 3.0, -3.0, True)
+            ])])  # fmt: skip
+            want = screen.threshold(seen, 0.3) if len(seen) >= 3 else None
+            assert history.threshold() == (pytest.approx(want) if want is not None else None)

@@ -19,6 +19,7 @@ tests/workers/test_screen.py checks that the two agree.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -101,9 +102,11 @@ class Screen:
     def threshold(self, slice_scores: Iterable[float], margin: float) -> float | None:
         """The median of ``slice_scores`` moved ``margin`` towards worse;
         None when there is no finite score."""
-        finite = sorted(s for s in slice_scores if math.isfinite(s))
+        finite = [s for s in slice_scores if math.isfinite(s)]
         if not finite:
             return None
-        n = len(finite)
-        median = finite[n // 2] if n % 2 else (finite[n // 2 - 1] + finite[n // 2]) / 2
+        return self.moved(statistics.median(finite), margin)
+
+    def moved(self, median: float, margin: float) -> float:
+        """``median`` moved ``margin`` towards worse (down when maximizing)."""
         return median - margin if self.direction == "maximize" else median + margin
