@@ -187,7 +187,6 @@ class Driver:
         self.ask_s: list[float] = []  # seconds per ask, in ask order
         self.tell_s: list[float] = []  # seconds per tell, in tell order
         self.ask_to_dispatch_s: list[float] = []  # a trial's ask to its first assignment sent
-        self._asked_at = time.monotonic()
         self._figures_at = 0.0  # when the progress figures were last summed
         while to_ask or self.ledger.trials or self.committer.pending:
             if self.lease is not None and self.lease.lost:
@@ -237,9 +236,9 @@ class Driver:
             self._flush(study, summary, timing, block=not to_ask and not self.ledger.trials)
             if want_ask:
                 t0 = time.perf_counter()
-                self._asked_at = time.monotonic()
+                asked_at = time.monotonic()
                 trial = study.ask(self.dists)
-                self._start(trial, next(numbers))
+                self._start(trial, next(numbers), asked_at)
                 elapsed = time.perf_counter() - t0
                 timing["ask"] += elapsed
                 self.ask_s.append(elapsed)
@@ -288,7 +287,7 @@ class Driver:
             return 0.02
         return 0.5
 
-    def _start(self, trial: optuna.trial.Trial, number: int) -> None:
+    def _start(self, trial: optuna.trial.Trial, number: int, asked_at: float) -> None:
         trial.set_user_attr(STORE_TRIAL, number)
         params = TrialParams.from_params({**self.fixed, **trial.params})
         sets = training_sets(
@@ -312,8 +311,7 @@ class Driver:
             )
             for ex, *also in sets
         ]
-        work = TrialWork(number, assignments, trial, params, started=_now())
-        work.asked_at = self._asked_at
+        work = TrialWork(number, assignments, trial, params, started=_now(), asked_at=asked_at)
         self.ledger.add_trial(work)
 
     def _report(self, work: TrialWork) -> None:
