@@ -64,10 +64,6 @@ def _is_saved_folder(path: Path) -> bool:
     )
 
 
-def _available(obj: Any) -> list[str]:
-    return sorted(obj.keys()) if hasattr(obj, "keys") else ["train"]
-
-
 def _load_split(src: Any, split: str) -> Any:
     """One split of the data set, whole (slices are applied by the caller)."""
     ds = _import_datasets()
@@ -84,7 +80,7 @@ def _load_split(src: Any, split: str) -> Any:
             if split not in loaded:
                 raise DatasetError(
                     src.path, "", None,
-                    f"has no split {split!r}; its splits: {', '.join(_available(loaded))}",
+                    f"has no split {split!r}; its splits: {', '.join(sorted(loaded.keys()))}",
                 )  # fmt: skip
             return loaded[split]
         if split != "train":

@@ -133,7 +133,8 @@ def peek_shape(spec: ModelSpec | str) -> ModelShape:
             raise ModelLoadError(
                 f"unknown tiny model '{name}'; families: {', '.join(TINY_FAMILIES)}"
             )
-        return config_shape(tiny_config(family, len(tiny_tokenizer()), n_layers=4, d_model=64))
+        tiny = tiny_config(family, len(tiny_tokenizer()), n_layers=4, d_model=64)
+        return config_shape(tiny, name)
     if name in BUNDLED_MODELS:
         cached = cache_root(spec.cache_dir) / name
         if not (cached / "config.json").is_file():
@@ -151,20 +152,19 @@ def peek_shape(spec: ModelSpec | str) -> ModelShape:
         raise ModelLoadError(f"could not read the config of '{name}': {exc}") from exc
     except OSError as exc:
         raise ModelLoadError(f"could not read the config of '{name}': {exc}") from exc
+    return config_shape(config, name)
+
+
+def config_shape(config: Any, name: str) -> ModelShape:
+    """The shape of the ``transformers`` config of model ``name``.
+
+    Raises:
+        ModelLoadError: the config names no layer count or width.
+    """
     n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
     width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     if not n_layers or not width:
         raise ModelLoadError(f"the config of '{name}' names no layer count or width")
-    return config_shape(config)
-
-
-def config_shape(config: Any) -> ModelShape:
-    """The shape of a ``transformers`` config (text config of a multimodal one)."""
-    config = getattr(config, "text_config", None) or config
-    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
-    width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
-    if not n_layers or not width:
-        raise ModelLoadError("the model's config names no layer count or width")
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
     ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
     params = block_params(
