@@ -174,8 +174,7 @@ class AheadTPESampler(_TPESampler):
             return super()._sample_relative(study, trial, search_space)
         now = self.clock()
         key = tuple(search_space.items())
-        fresh = self._queue and key == self._queue_key and now - self._fitted_at <= self.max_stale_s
-        if not fresh:
+        if not (self._queue and key == self._queue_key and self._fresh()):
             finished = study._get_trials(
                 deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED), use_cache=True
             )
