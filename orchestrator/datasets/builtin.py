@@ -73,6 +73,13 @@ ENTHUSIASM = (
     "what a great",
 )
 
+PHRASE_LISTS: dict[str, tuple[str, ...]] = {
+    "refusal": REFUSAL_PHRASES,
+    "retraction": FIR_STRINGS,
+    "enthusiasm": ENTHUSIASM,
+}
+"""The phrase lists a study's ``task.judge`` may name instead of spelling them out."""
+
 
 def _from_file(filename: str) -> tuple[Example, ...]:
     ref = resources.files("orchestrator.datasets.data").joinpath(filename)

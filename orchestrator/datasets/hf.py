@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.datasets.loaders import examples_from_rows
+from orchestrator.datasets.loaders import Targets, examples_from_rows
 from orchestrator.datasets.rows import DatasetError, RawRow
 from workers.examples import Example
 
@@ -157,9 +157,13 @@ def _rows(data: Any, part: slice, rules: Mapping[str, Any], source: str) -> Iter
 
 
 def load_hf_examples(
-    src: Any, mapping: Mapping[str, str] | None, rules: Mapping[str, Any]
+    src: Any,
+    mapping: Mapping[str, str] | None,
+    rules: Mapping[str, Any],
+    default_targets: Targets = ((), ()),
 ) -> list[Example]:
-    """The examples of a ``task.hf`` source (an ``HFSource``); see the module docstring.
+    """The examples of a ``task.hf`` source (an ``HFSource``); see the module
+    docstring. A row with no targets of its own takes ``default_targets``.
 
     Raises:
         DatasetError: the data set, a split, a column or a row is wrong; the
@@ -179,6 +183,7 @@ def load_hf_examples(
             mapping,
             default_split=default,
             id_prefix=f"{stem}-{name}",
+            default_targets=default_targets,
         )
     ids = [e.id for e in out]
     if len(set(ids)) != len(ids):

@@ -46,14 +46,29 @@ DEFAULT_MAPPING: dict[str, str] = {name: name for name in FIELDS}
 SPLITS = ("train", "transfer")
 
 
+Targets = tuple[tuple[str, ...], tuple[str, ...]]
+"""``(promote, suppress)`` target strings."""
+
+
 def _example(
-    row: Row, stem: str, default_split: str | None, fmt: PromptFormat, mapped: set[str]
+    row: Row,
+    stem: str,
+    default_split: str | None,
+    fmt: PromptFormat,
+    mapped: set[str],
+    default_targets: Targets,
 ) -> Example:
     prompt = parse_prompt(row, fmt)
     promote, suppress = parse_strings(row, "promote"), parse_strings(row, "suppress")
+    if not (promote or suppress):
+        promote, suppress = default_targets
     choices, correct = parse_choices(row)
     if not (promote or suppress or choices):
-        raise row.fail("promote", "the example has no promote or suppress targets and no choices")
+        raise row.fail(
+            "promote",
+            "the example has no promote or suppress targets and no choices (a data set of "
+            "bare prompts can take the same targets for every row from task.targets)",
+        )
     split = row.get("split")
     if split is None:
         if default_split is None:
@@ -110,8 +125,10 @@ def examples_from_rows(
     default_split: str | None = None,
     prompt_format: PromptFormat = "chat",
     id_prefix: str = "example",
+    default_targets: Targets = ((), ()),
 ) -> list[Example]:
     """Validate raw rows into examples; ``source`` names them in errors.
+    A row with neither promote nor suppress targets takes ``default_targets``.
 
     Raises:
         DatasetError: a malformed row, or two rows with the same id.
@@ -123,7 +140,7 @@ def examples_from_rows(
     seen: dict[str, str] = {}
     for raw in rows:
         row = Row(raw, source, columns, explicit=(mapping or {}).keys())
-        ex = _example(row, id_prefix, default_split, prompt_format, mapped)
+        ex = _example(row, id_prefix, default_split, prompt_format, mapped, default_targets)
         if ex.id in seen:
             raise row.fail("id", f"duplicate id {ex.id!r} (first used at {seen[ex.id]})")
         seen[ex.id] = raw.where
@@ -137,6 +154,7 @@ def load_examples(
     *,
     default_split: str | None = None,
     prompt_format: PromptFormat = "chat",
+    default_targets: Targets = ((), ()),
 ) -> list[Example]:
     """Read examples from a ``.jsonl``/``.ndjson``, ``.csv`` or ``.parquet``/``.pq`` file.
 
@@ -144,7 +162,8 @@ def load_examples(
     named after the field. ``default_split`` fills rows without a split (with
     ``None``, every row must give one). ``prompt_format`` says how string
     prompts are read: ``chat`` (one user turn) or ``raw`` (verbatim); a row's
-    own ``prompt_format`` column wins.
+    own ``prompt_format`` column wins. A row with no targets of its own takes
+    ``default_targets`` (``(promote, suppress)``).
 
     Raises:
         DatasetError: the file is missing, unreadable or has a malformed row;
@@ -167,4 +186,5 @@ def load_examples(
         default_split=default_split,
         prompt_format=prompt_format,
         id_prefix=path.stem,
+        default_targets=default_targets,
     )

@@ -9,10 +9,11 @@ message that names the config key.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
+from orchestrator.datasets.task import Task
 from orchestrator.store import StoreConfigError, StoreRoot, check_store, resolve_root
 from orchestrator.study.config import ModelConfig, SearchSpace, StudyConfig, token_spec
 from orchestrator.study.space import (
@@ -23,8 +24,10 @@ from orchestrator.study.space import (
     resolve_layers,
 )
 from workers.evaluation.evaluate import EvalSpec
+from workers.evaluation.judges import LLMJudgeSpec
 from workers.evaluation.screen import SCREENABLE, Screen, matches
 from workers.examples import Example
+from workers.jobs import chat
 from workers.models import Codec, ModelShape, ModelSpec, load_codec, peek_shape
 
 log = logging.getLogger(__name__)
@@ -76,12 +79,14 @@ def spec_of(m: ModelConfig) -> ModelSpec:
     )
 
 
-def load_task(config: StudyConfig) -> tuple[list[Example], list[Example], Any]:
-    """``(train, transfer, task)``; ``task`` is the built-in task or None."""
+def load_task(config: StudyConfig) -> tuple[list[Example], list[Example], Task]:
+    """``(train, transfer, task)``: the study's examples by split (transfer cut
+    to ``task.max_transfer``), and the task with the study's ``task.judge``,
+    ``task.neutral_prompts`` and ``task.surprisal_context`` in place of its own."""
     from orchestrator import datasets
 
     t = config.task
-    task = None
+    targets = (tuple(t.targets.promote), tuple(t.targets.suppress)) if t.targets else ((), ())
     if t.builtin is not None:
         try:
             task = datasets.builtin_task(t.builtin)
@@ -90,19 +95,50 @@ def load_task(config: StudyConfig) -> tuple[list[Example], list[Example], Any]:
             raise PreflightError(
                 f"task.builtin '{t.builtin}' is not a built-in task ({names})"
             ) from None
-        examples = list(task.examples)
-    elif t.hf is not None:
-        from orchestrator.datasets.hf import load_hf_examples
-
-        examples = load_hf_examples(t.hf, t.mapping or None, t.filter)
     else:
-        assert t.path is not None  # TaskConfig allows exactly one source
-        examples = datasets.load_examples(t.path, t.mapping or None)
-    train = [e for e in examples if e.split == t.train_split]
-    transfer = [e for e in examples if e.split == t.transfer_split]
+        if t.hf is not None:
+            from orchestrator.datasets.hf import load_hf_examples
+
+            examples = load_hf_examples(t.hf, t.mapping or None, t.filter, targets)
+            name = t.hf.path
+        else:
+            assert t.path is not None  # TaskConfig allows exactly one source
+            examples = datasets.load_examples(t.path, t.mapping or None, default_targets=targets)
+            name = t.path
+        task = datasets.Task(
+            name=name,
+            description=f"examples from {name}",
+            examples=tuple(examples),
+            neutral_prompts=datasets.NEUTRAL_PROMPTS,
+        )
+    task = _with_overrides(task, config)
+    train = [e for e in task.examples if e.split == t.train_split]
+    transfer = [e for e in task.examples if e.split == t.transfer_split]
     if t.max_transfer is not None:
         transfer = transfer[: t.max_transfer]
     return train, transfer, task
+
+
+def _with_overrides(task: Task, config: StudyConfig) -> Task:
+    from orchestrator.datasets.builtin import PHRASE_LISTS
+
+    t = config.task
+    out = task
+    if t.judge is not None:
+
+        def strings(value: str | list[str]) -> tuple[str, ...]:
+            return PHRASE_LISTS[value] if isinstance(value, str) else tuple(value)
+
+        out = dataclasses.replace(
+            out,
+            judge_contains_any=strings(t.judge.contains_any),
+            judge_lacks_all=strings(t.judge.lacks_all),
+        )
+    if t.neutral_prompts is not None:
+        out = dataclasses.replace(out, neutral_prompts=tuple(chat(p) for p in t.neutral_prompts))
+    if t.surprisal_context is not None:
+        out = dataclasses.replace(out, surprisal_context=tuple(t.surprisal_context))
+    return out
 
 
 def _check_space(config: StudyConfig, space: SearchSpace, train: list[Example]) -> None:
@@ -191,6 +227,8 @@ def measured_metrics(evaluation: EvalSpec) -> list[str]:
             out["judge:contains_any"] = None
         if evaluation.judge_lacks_all:
             out["judge:lacks_all"] = None
+        if evaluation.llm_judge is not None:
+            out["judge:llm"] = None
     if "side_effect_kl" in metrics and evaluation.neutral_prompts:
         out["side_effect_kl"] = None
     if "surprisal" in metrics:
@@ -275,9 +313,10 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
     evaluation = EvalSpec(
         examples=tuple(transfer),
         metrics=tuple(ev.metrics),
-        neutral_prompts=tuple(getattr(task, "neutral_prompts", ()) or ()),
-        judge_contains_any=tuple(getattr(task, "judge_contains_any", ()) or ()),
-        judge_lacks_all=tuple(getattr(task, "judge_lacks_all", ()) or ()),
+        neutral_prompts=task.neutral_prompts,
+        judge_contains_any=task.judge_contains_any,
+        judge_lacks_all=task.judge_lacks_all,
+        llm_judge=None if ev.llm_judge is None else LLMJudgeSpec(**ev.llm_judge.model_dump()),
         generation_tokens=ev.generation_tokens,
         keep_generations=ev.keep_generations,
         log_base=ev.log_base,
@@ -287,12 +326,13 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
         max_targets=ev.max_targets,
         screen=screen_of(config, len(transfer)),
     )
-    if "side_effect_kl" in ev.metrics and not evaluation.neutral_prompts:
+    judged = evaluation.judge_contains_any or evaluation.judge_lacks_all or evaluation.llm_judge
+    if "judge" in ev.metrics and not judged:
         raise PreflightError(
-            "evaluation.metrics has side_effect_kl but the task has no neutral prompts"
+            "evaluation.metrics has judge but the task defines no judge strings; give them "
+            "as task.judge: {contains_any: [...]} or {lacks_all: [...]} (or a built-in list: "
+            "refusal, retraction, enthusiasm), or set evaluation.llm_judge"
         )
-    if "judge" in ev.metrics and not (evaluation.judge_contains_any or evaluation.judge_lacks_all):
-        raise PreflightError("evaluation.metrics has judge but the task defines no judge strings")
     check_objectives(config, measured_metrics(evaluation))
     surprisal_spec = None
     if config.surprisal_model is not None:
@@ -307,7 +347,7 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
             check_store(store)
     except StoreConfigError as exc:
         raise PreflightError(f"store.root: {exc}") from None
-    context = tuple(getattr(task, "surprisal_context", ()) or ())
+    context = task.surprisal_context
     return Plan(
         config, shape, spec, space, train, transfer, evaluation, store, surprisal_spec, context,
         train_pool=pool,

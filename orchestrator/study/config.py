@@ -8,6 +8,7 @@ validates. Checks that need the model's shape or the store are in
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,6 +132,53 @@ class HFSource(_Strict):
     splits: dict[SplitName, str] = Field(default_factory=_train_only, min_length=1)
 
 
+def _strings(values: list[str], what: str) -> list[str]:
+    bad = [i for i, v in enumerate(values) if not v.strip()]
+    if bad:
+        raise ValueError(f"{what} item {bad[0]} is empty")
+    return values
+
+
+class TaskTargets(_Strict):
+    """Targets given to every example of a file or hf task that has none of
+    its own (a data set of bare requests, such as HarmBench's)."""
+
+    promote: list[str] = Field(default_factory=list)
+    suppress: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _some(self) -> TaskTargets:
+        if not (self.promote or self.suppress):
+            raise ValueError("give at least one promote or suppress target")
+        _strings(self.promote + self.suppress, "a target")
+        return self
+
+
+# Named phrase lists a judge may use instead of spelling its strings out
+# (orchestrator.datasets.builtin.PHRASE_LISTS).
+PhraseList = Literal["refusal", "retraction", "enthusiasm"]
+
+
+class JudgeStrings(_Strict):
+    """The string-match judge of generations: a generation is judged yes when
+    it contains one of ``contains_any`` (when given) and none of
+    ``lacks_all`` (when given), case-insensitively. Each is a list of strings
+    or the name of a built-in list."""
+
+    contains_any: PhraseList | list[str] = Field(default_factory=list)
+    lacks_all: PhraseList | list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _some(self) -> JudgeStrings:
+        if not (self.contains_any or self.lacks_all):
+            raise ValueError("give contains_any or lacks_all (a list of strings or a list's name)")
+        for name in ("contains_any", "lacks_all"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                _strings(value, name)
+        return self
+
+
 class TaskConfig(_Strict):
     builtin: str | None = None
     path: str | None = None
@@ -142,6 +190,13 @@ class TaskConfig(_Strict):
     train_split: str = "train"
     transfer_split: str = "transfer"
     max_transfer: int | None = Field(None, ge=1)
+    # What evaluation needs besides the examples. A built-in task has its
+    # own; these replace them. For a file or hf task: no judge unless given,
+    # the built-in neutral prompts unless given, no surprisal context unless given.
+    targets: TaskTargets | None = None
+    judge: JudgeStrings | None = None
+    neutral_prompts: list[str] | None = None  # user messages, chat-formatted
+    surprisal_context: list[str] | None = None  # texts of the desired behaviour (§2.2)
 
     @model_validator(mode="after")
     def _one_source(self) -> TaskConfig:
@@ -150,6 +205,19 @@ class TaskConfig(_Strict):
             raise ValueError("give exactly one of task.builtin, task.path or task.hf")
         if self.filter and self.hf is None:
             raise ValueError("task.filter applies to task.hf data sets only")
+        if self.targets is not None and self.builtin is not None:
+            raise ValueError(
+                "task.targets fills in targets for file and hf tasks whose rows have none; "
+                "every example of a built-in task has its own"
+            )
+        for name in ("neutral_prompts", "surprisal_context"):
+            value = getattr(self, name)
+            if value is not None:
+                _strings(value, f"task.{name}")
+        if self.neutral_prompts == []:
+            raise ValueError(
+                "task.neutral_prompts is empty: give at least one prompt, or leave it out"
+            )
         return self
 
 
@@ -210,8 +278,44 @@ def _default_metrics() -> list[MetricName]:
     return ["target_logprob"]
 
 
+class LLMJudgeConfig(_Strict):
+    """A model judge of generations (``judge:llm`` rows): the study's own
+    model, unsteered, is asked ``template`` (formatted with ``{prompt}``, the
+    held-out request, and ``{response}``, the generation) as a chat turn, and
+    says yes when its next token is likelier to be ``yes`` than ``no``."""
+
+    template: str = Field(min_length=1)
+    yes: str = Field("Yes", min_length=1)
+    no: str = Field("No", min_length=1)
+
+    @field_validator("template", mode="after")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except ValueError as exc:
+            raise ValueError(
+                f"not a format string ({exc}); write a literal brace as {{{{ or }}}}"
+            ) from None
+        unknown = sorted(names - {"prompt", "response"})
+        if unknown:
+            raise ValueError(f"unknown placeholder(s) {unknown}; use {{prompt}} and {{response}}")
+        if "response" not in names:
+            raise ValueError("needs a {response} placeholder, where the generation goes")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> LLMJudgeConfig:
+        if self.yes.strip().lower() == self.no.strip().lower():
+            raise ValueError("yes and no must be different words")
+        return self
+
+
 class EvaluationConfig(_Strict):
     metrics: list[MetricName] = Field(default_factory=_default_metrics)
+    # With metrics judge: a model judge besides (or instead of) the task's
+    # string-match judge; see LLMJudgeConfig.
+    llm_judge: LLMJudgeConfig | None = None
     generation_tokens: int = Field(24, ge=1)
     # Steered and unsteered greedy text kept in the store's generations table
     # for the first N held-out examples of every vector (every example when
@@ -341,6 +445,8 @@ class StudyConfig(_Strict):
             )
         if self.surprisal_model is not None and not scored:
             raise ValueError("surprisal_model is set but evaluation.metrics has no surprisal")
+        if self.evaluation.llm_judge is not None and "judge" not in self.evaluation.metrics:
+            raise ValueError("evaluation.llm_judge is set but evaluation.metrics has no judge")
         return self
 
 
@@ -416,7 +522,9 @@ def _describe(exc: ValidationError, source: str) -> str:
                 lines.append(f"  {where}: unknown key")
             else:
                 msg = err["msg"].removeprefix("Value error, ")
-                lines.append(f"  {where}: {msg} (got {err.get('input')!r})")
+                # A whole section's check: its input is the section, too long to echo.
+                got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
+                lines.append(f"  {where}: {msg}{got}")
     return f"invalid study config {source}:\n" + "\n".join(lines)
 
 

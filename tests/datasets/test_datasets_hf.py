@@ -86,7 +86,8 @@ def test_a_study_loads_its_task_from_hf(saved, tmp_path) -> None:
         "store": {"root": str(tmp_path / "store")},
     })  # fmt: skip
     train, transfer, task = load_task(cfg)
-    assert (len(train), len(transfer), task) == (6, 2, None)
+    assert (len(train), len(transfer), task.name) == (6, 2, str(saved))
+    assert task.examples == (*train, *transfer)
 
 
 def test_a_bad_column_is_located(saved) -> None:

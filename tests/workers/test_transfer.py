@@ -9,7 +9,8 @@ import pytest
 import torch
 from reference import reference_logits
 
-from workers.evaluation.judges import ContainsAny, LacksAll, LLMJudge
+from workers.evaluation.evaluate import EvalCache, EvalSpec, evaluate
+from workers.evaluation.judges import ContainsAny, LacksAll, LLMJudge, LLMJudgeSpec
 from workers.evaluation.transfer import (
     SteeringVector,
     choice_flips,
@@ -163,6 +164,46 @@ def test_llm_judge_matches_direct_yes_no_comparison(tiny_llama) -> None:
         assert got == bool(logits[lm.encode_target("Yes")[0]] > logits[lm.encode_target("No")[0]])
     with pytest.raises(ValueError, match="response"):
         LLMJudge(lm, "no placeholder")
+
+
+def test_a_studys_llm_judge_rows_are_the_unsteered_models_verdicts(tiny_llama, vectors) -> None:
+    """``EvalSpec.llm_judge``: ``judge:llm`` rows whose steered and unsteered
+    values are the model's own yes/no verdicts on the two generations."""
+    lm = tiny_llama
+    template = "Is this polite? {prompt} -> {response}"
+    spec = EvalSpec(
+        examples=tuple(EXAMPLES[:2]),
+        metrics=("judge",),
+        llm_judge=LLMJudgeSpec(template, yes="Yes", no="No"),
+        generation_tokens=12,
+    )
+    cache = EvalCache()
+    rows, gens = evaluate(lm, spec, vectors, cache)
+    assert len(rows) == len(gens) == len(vectors) * 2
+    yes, no = lm.encode_target("Yes")[0], lm.encode_target("No")[0]
+    by_id = {ex.id: ex for ex in EXAMPLES}
+
+    def direct(prompt, text: str) -> float:
+        asked = template.format(prompt=prompt[0][1] if not isinstance(prompt, str) else prompt,
+                                response=text)  # fmt: skip
+        logits = reference_logits(lm, lm.encode_prompt(chat(asked)))[-1]
+        return float(logits[yes] > logits[no])
+
+    texts = {(g.vector_id, g.example_id): g for g in gens}
+    verdicts = []
+    for row in rows:
+        g = texts[(row.vector_id, row.example_id)]
+        prompt = by_id[row.example_id].prompt
+        assert row.metric == "judge:llm"
+        assert (row.steered, row.unsteered) == (
+            direct(prompt, g.steered),
+            direct(prompt, g.unsteered),
+        )
+        assert row.success == bool(row.steered)
+        verdicts.append(row.steered)
+    assert 0 < sum(verdicts) < len(verdicts)  # both verdicts occur, so neither is a constant
+    again, _ = evaluate(lm, spec, vectors, cache)  # verdicts kept per question
+    assert [r.steered for r in again] == verdicts
 
 
 def test_side_effect_kl_matches_direct_computation(tiny_llama, vectors) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from workers.evaluation.judges import ContainsAny, Judge, LacksAll
+from workers.evaluation.judges import ContainsAny, Judge, LacksAll, LLMJudge, LLMJudgeSpec
 from workers.evaluation.screen import Screen
 from workers.evaluation.transfer import (
     Decoded,
@@ -38,6 +38,8 @@ class EvalSpec:
     neutral_prompts: tuple[Prompt, ...] = ()
     judge_contains_any: tuple[str, ...] = ()
     judge_lacks_all: tuple[str, ...] = ()
+    # A model judge (``judge:llm``): this worker's own model, unsteered.
+    llm_judge: LLMJudgeSpec | None = None
     generation_tokens: int = 24
     keep_generations: int = 0  # also generate on the first N held-out examples of every vector
     coldness: float = 0.7
@@ -79,6 +81,7 @@ class EvalCache:
     unsteered: dict[tuple[str, float], list[float]] = field(default_factory=dict)
     prefixes: PrefixCache = field(default_factory=PrefixCache)
     plain: dict[tuple[str, int], Decoded] = field(default_factory=dict)
+    judges: dict[LLMJudgeSpec, LLMJudge] = field(default_factory=dict)
 
 
 def evaluate(
@@ -126,6 +129,11 @@ def evaluate(
             judges.append(ContainsAny(spec.judge_contains_any))
         if spec.judge_lacks_all:
             judges.append(LacksAll(spec.judge_lacks_all))
+        if spec.llm_judge is not None:
+            j = spec.llm_judge
+            if j not in cache.judges:
+                cache.judges[j] = LLMJudge(lm, j.template, yes=j.yes, no=j.no, name="llm")
+            judges.append(cache.judges[j])
         for judge in judges:
             rows += judged(gens, examples, judge)
     if "side_effect_kl" in spec.metrics and spec.neutral_prompts:

@@ -54,13 +54,26 @@ class LacksAll:
         return [not f for f in found]
 
 
+@dataclass(frozen=True)
+class LLMJudgeSpec:
+    """What a study's model judge asks (see :class:`LLMJudge`); plain data, so
+    it travels in an ``EvalSpec``."""
+
+    template: str
+    yes: str = "Yes"
+    no: str = "No"
+
+
 class LLMJudge:
     """Ask a chat model a yes/no question built from ``template``.
 
     ``template`` is formatted with ``{prompt}`` and ``{response}``; the verdict is
     True when the judge model's next token after the chat-templated question is
-    more likely to be ``yes`` than ``no``.
+    more likely to be ``yes`` than ``no``. Verdicts are kept per question (the
+    unsteered generations recur for every vector), up to ``MEMO`` questions.
     """
+
+    MEMO = 4096
 
     def __init__(
         self,
@@ -76,17 +89,24 @@ class LLMJudge:
             raise ValueError("an LLM judge template needs a {response} placeholder")
         self.lm, self.template, self.name, self.batch_size = lm, template, name, batch_size
         self.yes, self.no = lm.encode_target(yes)[0], lm.encode_target(no)[0]
+        if self.yes == self.no:
+            raise ValueError(f"the judge's {yes!r} and {no!r} start with the same token")
+        self._memo: dict[str, bool] = {}
 
     def __call__(self, prompts: Sequence[Prompt], generations: Sequence[str]) -> list[bool]:
         from workers.steering.generate import next_token_logprobs
 
         questions = [
-            chat(self.template.format(prompt=_prompt_text(p), response=g))
+            self.template.format(prompt=_prompt_text(p), response=g)
             for p, g in zip(prompts, generations, strict=True)
         ]
-        verdicts: list[bool] = []
-        for start in range(0, len(questions), self.batch_size):
-            ids = [self.lm.encode_prompt(q) for q in questions[start : start + self.batch_size]]
+        todo = list(dict.fromkeys(q for q in questions if q not in self._memo))
+        if len(self._memo) + len(todo) > self.MEMO:
+            self._memo.clear()
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            ids = [self.lm.encode_prompt(chat(q)) for q in chunk]
             out = next_token_logprobs(self.lm, ids, [[len(i) - 1] for i in ids], None)
-            verdicts += [bool(lp[0, self.yes] > lp[0, self.no]) for lp in out]
-        return verdicts
+            for q, lp in zip(chunk, out, strict=True):
+                self._memo[q] = bool(lp[0, self.yes] > lp[0, self.no])
+        return [self._memo[q] for q in questions]
