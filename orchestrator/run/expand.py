@@ -14,6 +14,12 @@ disjoint whenever the split holds ``vectors_per_trial * K`` examples, and
 overlap as little as the split allows otherwise. The loss is the sum over
 every target of every example, each weighted 1/K (``shots_loss: mean``) or
 1 (``sum``).
+
+A trial with ``loss: caa`` optimizes nothing: each vector is the CAA contrast
+(§2.1.3) of its training set at the trial's layer, scaled to the trial's
+norm when one is set, and is evaluated like an optimized vector. With K = 1
+that is a one-shot CAA vector of the anchor example; with K = the whole train
+split, the CAA skyline.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 
 from orchestrator.study.config import SearchSpace
 from orchestrator.study.params import TrialParams
+from workers.analysis.caa import CAASpec
 from workers.engine.reentrant import ReentrantJob
 from workers.examples import Example
 from workers.jobs import Intervention, LossSettings, ScoredPrompt, StopRules, Target, VectorJob
@@ -95,7 +102,8 @@ def build_assignment(
     ``example`` and, for a K-shot vector, the examples ``also``."""
     intervention = Intervention(params.intervention, clamp_coef=params.clamp_coef)
     loss = params.loss
-    kind = "mixed" if loss == "reentrant" else loss
+    # reentrant and caa vectors are scored (and reentrant ones trained) on every target
+    kind = "mixed" if loss in ("reentrant", "caa") else loss
     examples = [example, *also]
     weight = 1.0 / len(examples) if shots_loss == "mean" and also else 1.0
     prompts = tuple(
@@ -145,7 +153,10 @@ def build_assignment(
             stop=StopRules(max_iters=job.stop.max_iters),
         )
         reentrant = ReentrantJob(stage1, stage2, n_tokens=space.reentrant_tokens)
-    return Assignment(vector_id, trial, example.id, job, reentrant, tuple(e.id for e in examples))
+    caa = CAASpec(tuple(examples), space.caa_reduce) if loss == "caa" else None
+    return Assignment(
+        vector_id, trial, example.id, job, reentrant, tuple(e.id for e in examples), caa=caa
+    )
 
 
 def _weighted(targets: tuple[Target, ...], weight: float) -> tuple[Target, ...]:

@@ -171,6 +171,12 @@ def _check_space(config: StudyConfig, space: SearchSpace, train: list[Example]) 
             raise PreflightError(
                 f"search.loss includes suppress but training example '{ex.id}' has no suppress target"
             )
+        if "caa" in losses and not (ex.promote or "real_prompt" in ex.meta):
+            raise PreflightError(
+                f"search.loss includes caa but training example '{ex.id}' has no promote target: "
+                "CAA contrasts each prompt followed by its first promote target with the same "
+                "prompt followed by its first suppress target (or nothing)"
+            )
 
 
 def check_lengths(codec: Codec, examples: list[Example]) -> None:

@@ -60,7 +60,9 @@ class FloatRange(_Strict):
 
 IntParam = int | list[int] | IntRange
 FloatParam = float | list[float] | FloatRange
-LossKind = Literal["promote", "suppress", "mixed", "reentrant"]
+# "caa": no optimization; the vector is the CAA contrast (§2.1.3) of the
+# vector's training examples at its layer (workers.analysis.caa.CAASpec).
+LossKind = Literal["promote", "suppress", "mixed", "reentrant", "caa"]
 InterventionKind = Literal["add", "clamp"]  # affine is for workers.engine.reentrant only
 # The names workers.models.spec.DTYPES knows, and "auto" (bf16 on a GPU, fp32 on a CPU).
 Dtype = Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"]
@@ -243,6 +245,9 @@ class SearchSpace(_Strict):
     shots_loss: Literal["mean", "sum"] = "mean"
     reentrant_layer: int = Field(1, ge=0)
     reentrant_tokens: int = Field(10, ge=1)
+    # loss caa: activations read at the last prompt token, or averaged over
+    # the prompt's tokens.
+    caa_reduce: Literal["last", "mean"] = "last"
 
     @field_validator("*", mode="after")
     @classmethod

@@ -8,7 +8,9 @@ tokens.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from workers.examples import Example
-from workers.jobs import Prompt
+from workers.jobs import Prompt, StopRules, VectorJob
 from workers.models import LoadedModel
 from workers.models.layers import normalize_layer
 from workers.steering.encoding import pad_right
@@ -110,3 +112,27 @@ def examples_caa(
             positive.append(_completion(lm, ex.prompt, ex.promote[0]))
             negative.append(_completion(lm, ex.prompt, ex.suppress[0] if ex.suppress else ""))
     return caa_vector(lm, positive, negative, layer, reduce)
+
+
+@dataclass(frozen=True)
+class CAASpec:
+    """A CAA vector in place of an optimized one (a study's ``loss: caa``):
+    the contrast of ``examples`` (:func:`examples_caa`) at the job's layer."""
+
+    examples: tuple[Example, ...]
+    reduce: Literal["last", "mean"] = "last"
+
+
+def caa_job(lm: LoadedModel, job: VectorJob, spec: CAASpec) -> VectorJob:
+    """``job`` with the CAA vector of ``spec`` as its starting vector and no
+    optimization steps, so the engine only measures its loss on the job's
+    targets (``loss_history[0]``). The vector is scaled to ``job.norm_bound``
+    when that is set (so it compares with optimized vectors of that norm),
+    else kept at its own norm."""
+    vec = examples_caa(lm, spec.examples, job.layers[0], spec.reduce)
+    norm = float(np.linalg.norm(vec))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise ValueError("the CAA vector is zero: its positive and negative prompts read the same")
+    if job.norm_bound is not None:
+        vec = (vec * (job.norm_bound / norm)).astype(np.float32)
+    return dataclasses.replace(job, init_vector=vec, stop=StopRules(max_iters=0))

@@ -10,12 +10,14 @@ own (bad input, NaN loss, an exception only its job triggers) comes back with
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from workers.analysis.caa import CAASpec, caa_job
 from workers.engine.loop import EngineStats, optimize
 from workers.engine.reentrant import ReentrantJob, optimize_reentrant
 from workers.evaluation.evaluate import EvalCache, EvalSpec, evaluate_screened
@@ -43,6 +45,21 @@ class Assignment:
     # The transfer screen's threshold for this vector (None: evaluate in full);
     # see workers.evaluation.screen.
     screen_threshold: float | None = None
+    # A CAA vector instead of an optimized one (resolved by with_caa on the
+    # worker, which has the model).
+    caa: CAASpec | None = None
+
+
+def with_caa(lm: LoadedModel, a: Assignment) -> Assignment:
+    """``a`` ready for the engine: a CAA assignment's job gets its CAA vector
+    and no steps (:func:`workers.analysis.caa.caa_job`); others unchanged."""
+    if a.caa is None:
+        return a
+    try:
+        job = caa_job(lm, a.job, a.caa)
+    except Exception as exc:  # noqa: BLE001 - this assignment's own failure, not the batch's
+        raise JobError(f"job {a.vector_id}: CAA vector: {type(exc).__name__}: {exc}") from None
+    return dataclasses.replace(a, job=job, caa=None)
 
 
 @dataclass
@@ -117,6 +134,7 @@ def run_assignments(
     valid = []
     for a in assignments:
         try:
+            a = with_caa(lm, a)
             encode_job(lm, a.job if a.reentrant is None else a.reentrant.stage1)
             valid.append(a)
         except JobError as exc:

@@ -49,7 +49,7 @@ from workers.engine.reentrant import check_reentrant, stage_two
 from workers.evaluation.evaluate import EvalCache, EvalSpec
 from workers.jobs import VectorJob, VectorResult
 from workers.models import LoadedModel
-from workers.service.assignments import Assignment, VectorOutcome, evaluate_into
+from workers.service.assignments import Assignment, VectorOutcome, evaluate_into, with_caa
 from workers.steering.encoding import JobError, encode_job
 from workers.steering.vectors import SteeringVector
 
@@ -230,6 +230,7 @@ class StreamingEngine:
             self._held.add(a.vector_id)
             live = _Live(a, VectorOutcome(a.vector_id, a.trial, a.example_id))
             try:
+                a = live.assignment = with_caa(self.lm, a)
                 if a.reentrant is not None:
                     check_reentrant([a.reentrant])
                     enc = encode_job(self.lm, a.reentrant.stage1)
