@@ -322,7 +322,9 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
         neutral_prompts=task.neutral_prompts,
         judge_contains_any=task.judge_contains_any,
         judge_lacks_all=task.judge_lacks_all,
-        llm_judge=None if ev.llm_judge is None else LLMJudgeSpec(**ev.llm_judge.model_dump()),
+        llm_judge=None
+        if ev.llm_judge is None
+        else LLMJudgeSpec(ev.llm_judge.template, ev.llm_judge.yes_answer, ev.llm_judge.no_answer),
         generation_tokens=ev.generation_tokens,
         keep_generations=ev.keep_generations,
         log_base=ev.log_base,

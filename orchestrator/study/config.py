@@ -287,11 +287,13 @@ class LLMJudgeConfig(_Strict):
     """A model judge of generations (``judge:llm`` rows): the study's own
     model, unsteered, is asked ``template`` (formatted with ``{prompt}``, the
     held-out request, and ``{response}``, the generation) as a chat turn, and
-    says yes when its next token is likelier to be ``yes`` than ``no``."""
+    says yes when its next token is likelier to be the first token of
+    ``yes_answer`` than of ``no_answer``. (Not ``yes:``/``no:``: YAML reads
+    those keys as booleans.)"""
 
     template: str = Field(min_length=1)
-    yes: str = Field("Yes", min_length=1)
-    no: str = Field("No", min_length=1)
+    yes_answer: str = Field("Yes", min_length=1)
+    no_answer: str = Field("No", min_length=1)
 
     @field_validator("template", mode="after")
     @classmethod
@@ -311,8 +313,8 @@ class LLMJudgeConfig(_Strict):
 
     @model_validator(mode="after")
     def _distinct(self) -> LLMJudgeConfig:
-        if self.yes.strip().lower() == self.no.strip().lower():
-            raise ValueError("yes and no must be different words")
+        if self.yes_answer.strip().lower() == self.no_answer.strip().lower():
+            raise ValueError("yes_answer and no_answer must be different words")
         return self
 
 

@@ -16,7 +16,7 @@ from orchestrator.study.config import load_config
 from workers.models import load_codec, peek_shape
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO / "examples").rglob("*.yaml"))
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))  # examples/paper/: test_paper_studies
 
 
 def _check(capsys, *argv: str) -> tuple[int, str, str]:
