@@ -295,6 +295,9 @@ def main() -> None:
         "--shapes", default="", help="random-weight shapes (GPU); empty: real SmolLM2"
     )
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--smoke", action="store_true", help="a tiny random Llama: checks the script"
+    )
     args = parser.parse_args()
     device = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu"
     report: dict[str, Any] = {
@@ -303,6 +306,10 @@ def main() -> None:
         "threads": torch.get_num_threads(),
     }
     print(json.dumps(report), flush=True)
+    if args.smoke:
+        lm = load_model(ModelSpec("tiny-random-llama", device=DEVICE))
+        run_shape("tiny-random-llama", lm, report, args.out)
+        return
     if not args.shapes:
         lm = load_model(ModelSpec("smollm2-135m-instruct", device=DEVICE))
         run_shape("smollm2-135m-instruct", lm, report, args.out)
