@@ -25,6 +25,7 @@ from orchestrator.report.data import (
 )
 from orchestrator.report.history import param_importances
 from orchestrator.report.html import Section, frame_table, render
+from orchestrator.report.panel_sections import panel_sections
 from orchestrator.report.tables import tables
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ def build_report(
             frame_table(scaling, list(scaling.columns)) if scaling["shots"].nunique() > 1 else "",
         )
     )
+    sections += panel_sections(st, data, top, figure)
     sections.append(_predictors_section(st, data))
     sections += tables(st, data, top)
 

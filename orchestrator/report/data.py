@@ -274,7 +274,7 @@ def read_loss_histories(study: Study, ids: list[str]) -> dict[str, list[float]]:
 def transfer_rows(study: Study, ids: Sequence[str]) -> pd.DataFrame:
     """Every transfer row of the vectors ``ids``, joined to its held-out
     example's prompt and targets (``prompt_text``, ``target_text``)."""
-    t = study.transfer.to_table(filter=_id_in(ids)).to_pandas()
+    t = study.transfer.to_table(filter=vector_id_in(ids)).to_pandas()
     return t.merge(example_texts(study), on="eval_example_id", how="left")
 
 
@@ -282,12 +282,12 @@ def generation_rows(study: Study, ids: Sequence[str]) -> pd.DataFrame:
     """The stored generations of the vectors ``ids`` (one row per vector and
     held-out example, the last written kept), joined to the example's prompt
     (``prompt_text``); empty for a study that kept no text."""
-    t = study.generations.to_table(filter=_id_in(ids)).to_pandas()
+    t = study.generations.to_table(filter=vector_id_in(ids)).to_pandas()
     t = t.drop_duplicates(["vector_id", "eval_example_id"], keep="last")
     return t.merge(example_texts(study), on="eval_example_id", how="left")
 
 
-def _id_in(ids: Sequence[str]) -> pc.Expression:
+def vector_id_in(ids: Sequence[str]) -> pc.Expression:
     """A dataset filter: ``vector_id`` is one of ``ids`` (typed, so an empty
     list works too)."""
     return pc.field("vector_id").isin(pa.array(list(ids), pa.string()))

@@ -32,6 +32,7 @@ SIZES_PX = {
     "cosine_similarity": (900, 760),
     "caa_skyline": (1100, 460),
     "transfer_vs_shots": (1000, 760),
+    "attack_success": (1100, 640),
 }
 SUCCESS_LABEL = "transfer success (probability)"
 
@@ -409,4 +410,34 @@ def transfer_vs_shots(scaling: pd.DataFrame, unit: str = "hartleys") -> Figure |
         ax.legend(loc="best")
     axes[0].set_ylim(-0.02, 1.02)
     axes[-1].set_xlabel("K: training examples per vector")
+    return fig
+
+
+def attack_success(by_layer: pd.DataFrame) -> Figure | str:
+    """§4 Fig. 2's comparison, one panel per judge metric: per layer, the best
+    and the median vector's fraction of steered verdicts yes (bars, ``n``:
+    vectors) and the unsteered fraction (line); ``by_layer`` is
+    ``panels.judge_by_layer``."""
+    if by_layer.empty:
+        return "not measured in this study: no judge:* rows (no generation was judged)"
+    metrics = sorted(str(m) for m in by_layer["metric"].unique())
+    layers = sorted(int(x) for x in by_layer["layer"].unique())
+    x = np.arange(len(layers))
+    fig = new_figure("attack_success")
+    axes = fig.subplots(len(metrics), 1, squeeze=False, sharex=True)[:, 0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        d = by_layer[by_layer["metric"] == metric].set_index("layer").reindex(layers)
+        ax.bar(x - 0.2, d["best"], 0.4, color="tab:blue", label="best vector")
+        ax.bar(x + 0.2, d["median"], 0.4, color="tab:orange", label="median vector")
+        ax.plot(x, d["unsteered"], "k--o", label="unsteered")
+        for i, (n, top) in enumerate(zip(d["n_vectors"], d["best"], strict=True)):
+            if np.isfinite(n):
+                ax.text(i - 0.2, top + 0.02, f"n={int(n)}", ha="center", fontsize=8)
+        ax.set_ylim(0, 1.1)
+        ax.set_ylabel(f"{metric} yes (probability)", fontsize=9)
+        ax.set_title(f"{metric}: steered verdicts yes per layer (bars) against unsteered (line)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].set_xticks(x, [str(layer) for layer in layers])
+    axes[-1].set_xlabel("layer")
     return fig

@@ -201,7 +201,7 @@ def study_context(plan: Plan, info: dict[str, Any]) -> StudyContext:
 def examples_records(plan: Plan) -> list[ExampleRecord]:
     out = []
     for ex in plan.train_pool + plan.transfer:
-        out.append(ExampleRecord(ex.id, ex.split, ex.prompt, ex.scored_prompt().targets))
+        out.append(ExampleRecord(ex.id, ex.split, ex.prompt, ex.scored_prompt().targets, ex.group))
     return out
 
 

@@ -133,6 +133,7 @@ class ExampleRecord:
     split: str
     prompt: Prompt
     targets: Sequence[Target] = ()
+    group: str = ""  # stored as examples.example_group, null when empty
 
 
 # ---------------------------------------------------------------- tables
@@ -287,6 +288,7 @@ def examples_table(rows: Sequence[ExampleRecord]) -> pa.Table:
                     {"text": t.text, "kind": t.kind, "threshold": t.threshold, "weight": t.weight}
                     for t in r.targets
                 ],
+                "example_group": r.group or None,
             }
         )
     return pa.Table.from_pylist(out, schema=S.EXAMPLES_SCHEMA)

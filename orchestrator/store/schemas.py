@@ -31,13 +31,15 @@ import pyarrow as pa
 
 from orchestrator.store.errors import StoreNameError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Bump when a table or column is added, renamed, removed or changes type.
 
 Version history: 1, the first store; 2 added the ``generations`` table (a
 version-1 store simply has none, and reads as a study that kept no text) and
 ``vectors.train_example_ids`` (null in version-1 files); 3 added
-``vectors.screened`` (null in older files: no vector of theirs was screened)."""
+``vectors.screened`` (null in older files: no vector of theirs was screened);
+4 added ``examples.example_group`` (null in older files, and for an example
+with no group)."""
 
 TABLES = ("trials", "vectors", "transfer", "generations", "examples")
 TRIAL_TABLES = ("transfer", "generations", "vectors", "trials")
@@ -263,10 +265,13 @@ EXAMPLES_SCHEMA = pa.schema(
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("chat", pa.list_(_MESSAGE)),
         pa.field("targets", pa.list_(_TARGET), nullable=False),
+        pa.field("example_group", pa.string()),
     ]
 )
 """Schema of ``examples``. ``prompt`` is the raw prompt, or for chat prompts the
-messages as JSON; ``chat`` holds chat messages as (role, content) structs."""
+messages as JSON; ``chat`` holds chat messages as (role, content) structs;
+``example_group`` is the example's group (``benign``/``harmful`` in §3, an
+occupation in §5; null without one; not ``group``, a word SQL reserves)."""
 
 
 def file_metadata(

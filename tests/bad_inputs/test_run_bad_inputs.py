@@ -114,9 +114,9 @@ CASES: list[tuple[str, Any, list[str], list[str]]] = [
     ),
     (
         "prompt longer than the context",
-        lambda tmp: {"task": dataset(tmp, TRAIN, {**HELD_OUT, "prompt": "Say hi. " * 200})},
+        lambda tmp: {"task": dataset(tmp, TRAIN, {**HELD_OUT, "prompt": "Say hi. " * 800})},
         [],
-        ["transfer example 'h1'", "longer than the context of tiny-random-llama (256 tokens)"],
+        ["transfer example 'h1'", "longer than the context of tiny-random-llama (1024 tokens)"],
     ),
     (
         "non-UTF-8 bytes",

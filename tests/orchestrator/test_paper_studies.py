@@ -139,3 +139,46 @@ def test_the_refusal_study_runs_on_a_tiny_model_with_both_judges(tmp_path) -> No
     assert per == {"judge:lacks_all": n, "judge:llm": n, "target_logprob:promote:0": n,
                    "target_logprob:suppress:0": n}  # fmt: skip
     assert set(tr["eval_example_id"]) == {e.id for e in plan.transfer}
+
+
+def test_the_two_choice_study_reports_flip_rates_by_group_and_sign(tiny_llama, tmp_path) -> None:
+    """§3's file, shortened, on the tiny Llama: the examples' groups reach the
+    store (examples.example_group), and the report's Table 1 panel has
+    +benign, -benign, +harmful, -harmful columns equal to the rates counted
+    from the stored rows."""
+    from sweep_helpers import run_in_process
+
+    from orchestrator.report import build_report
+    from orchestrator.report.data import load_report_data
+    from orchestrator.report.panels import flip_table
+    from orchestrator.store import open_study
+    from orchestrator.study.config import load_config
+
+    path = REPO / "examples" / "paper" / "two_choice_flips.yaml"
+    cfg = load_config(path, [
+        "model.name=tiny-random-llama", f"store.root={tmp_path / 'store'}", "model.dtype=float32",
+        "n_trials=2", "vectors_per_trial=2", "search.layer=1", "search.norm=[4.0, 16.0]",
+        "search.max_iters=2", "task.max_transfer=8",
+    ])  # fmt: skip
+    plan, summary = run_in_process(cfg, tiny_llama)
+    assert summary.complete
+    st = open_study(cfg.store.root, cfg.name)
+    ex = st.examples.to_table().to_pandas()
+    assert dict(zip(ex["example_id"], ex["example_group"], strict=True)) == {
+        e.id: e.group for e in plan.train_pool + plan.transfer
+    }
+    tr = st.transfer.to_table().to_pandas()
+    tr = tr[tr["metric"].str.startswith("choice_flip:")].merge(
+        ex.rename(columns={"example_id": "eval_example_id"}), on="eval_example_id"
+    )
+    tr["col"] = tr["metric"].str[-1] + tr["example_group"]
+    want = tr.groupby(["vector_id", "col"])["success"].mean().unstack("col")
+    table = flip_table(st, load_report_data(st, cfg.store.root), 4).frame.set_index("vector_id")
+    cols = ["+benign", "-benign", "+harmful", "-harmful"]
+    table = table.loc[table.index.isin(want.index)]
+    assert len(table) == 4
+    assert table[cols].astype(float).to_numpy() == pytest.approx(
+        want.loc[table.index, cols].to_numpy()
+    )
+    page = build_report(cfg.store.root, cfg.name, tmp_path / "report").html.read_text()
+    assert all(c in page for c in cols)

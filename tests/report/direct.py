@@ -35,3 +35,70 @@ def direct_top(root: Path, study: str, n: int) -> list[str]:
     v = direct_vectors(root, study)
     v = v[v["loss_kind"] != "caa"].sort_values(["success", "gain"], ascending=False)
     return [str(x) for x in v["vector_id"].head(n)]
+
+
+def direct_groups(root: Path, study: str) -> dict[str, str]:
+    """Example id to its group ("ungrouped" without one)."""
+    ex = raw_table(root, "examples", study)
+    if "example_group" not in ex:
+        return dict.fromkeys(ex["example_id"], "ungrouped")
+    return {i: (g if isinstance(g, str) and g else "ungrouped") for i, g in
+            zip(ex["example_id"], ex["example_group"], strict=True)}  # fmt: skip
+
+
+def _rows_of(root: Path, study: str, vectors: pd.DataFrame, keep) -> pd.DataFrame:
+    tr = raw_table(root, "transfer", study)
+    return tr[tr["vector_id"].isin(set(vectors["vector_id"])) & tr["metric"].map(keep)]
+
+
+def direct_flip_rates(root: Path, study: str) -> pd.DataFrame:
+    """Per one-shot vector (index), one column per sign and group (``+benign``):
+    the mean of ``success`` over its choice_flip rows of that sign and group."""
+    v = direct_vectors(root, study)
+    v = v[v["loss_kind"] != "caa"]
+    tr = _rows_of(root, study, v, lambda m: m in ("choice_flip:+", "choice_flip:-"))
+    groups = direct_groups(root, study)
+    col = [m[-1] + groups[e] for m, e in zip(tr["metric"], tr["eval_example_id"], strict=True)]
+    flips = tr.assign(col=col, ok=tr["success"].astype(float))
+    return flips.groupby(["vector_id", "col"])["ok"].mean().unstack("col")
+
+
+def direct_judge_rates(root: Path, study: str, vectors: pd.DataFrame) -> pd.DataFrame:
+    """Per (vector, judge metric): the fraction of its judge rows with
+    steered == 1.0 (``s``) and with unsteered == 1.0 (``u``)."""
+    tr = _rows_of(root, study, vectors, lambda m: m.startswith("judge:"))
+    tr = tr.assign(s=(tr["steered"] == 1.0) * 1.0, u=(tr["unsteered"] == 1.0) * 1.0)
+    return tr.groupby(["vector_id", "metric"])[["s", "u"]].mean().reset_index()
+
+
+def direct_judge_by_layer(root: Path, study: str) -> pd.DataFrame:
+    """Per judge metric and layer over one-shot vectors: vector count, best
+    and median steered rate, mean unsteered rate."""
+    v = direct_vectors(root, study)
+    v = v[v["loss_kind"] != "caa"]
+    r = direct_judge_rates(root, study, v).merge(v[["vector_id", "layer"]], on="vector_id")
+    rows = []
+    for (metric, layer), d in r.groupby(["metric", "layer"]):
+        rows.append((metric, layer, len(d), d["s"].max(), float(np.median(d["s"])), d["u"].mean()))
+    cols = ["metric", "layer", "n_vectors", "best", "median", "unsteered"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def direct_retraction(root: Path, study: str) -> pd.DataFrame:
+    """Per loss kind and layer over every committed vector (CAA included):
+    vector count, mean per-vector judge rates, mean per-vector mean surprisal."""
+    v = direct_vectors(root, study)
+    j = direct_judge_rates(root, study, v)
+    s = _rows_of(root, study, v, lambda m: m == "surprisal")
+    per_v = s.groupby("vector_id")[["steered", "unsteered"]].agg(np.nanmean)
+    per_v.columns = ["surprisal steered", "surprisal unsteered"]
+    for metric, d in j.groupby("metric"):
+        per_v = per_v.join(
+            d.set_index("vector_id")[["s", "u"]].set_axis(
+                [f"{metric} steered", f"{metric} unsteered"], axis=1
+            ), how="outer",
+        )  # fmt: skip
+    per_v = per_v.join(v.set_index("vector_id")[["loss_kind", "layer"]], how="inner")
+    g = per_v.groupby(["loss_kind", "layer"])
+    out = g.mean().join(g.size().rename("n_vectors")).reset_index()
+    return out

@@ -32,8 +32,8 @@ def job(**kw) -> VectorJob:
             "unknown loss kind 'amplify'",
         ),
         (
-            {"prompts": (ScoredPrompt("Hi " * 400, (Target("x", "promote"),)),)},
-            "longer than the model's context of 256",
+            {"prompts": (ScoredPrompt("Hi " * 1600, (Target("x", "promote"),)),)},
+            "longer than the model's context of 1024",
         ),
         ({"prompts": (ScoredPrompt("", (Target("x", "promote"),)),)}, "prompt is empty"),
         ({"prompts": ()}, "nothing to optimize"),

@@ -62,7 +62,7 @@ def tiny_config(family: str, vocab_size: int, n_layers: int = 4, d_model: int = 
         "num_hidden_layers": n_layers,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "max_position_embeddings": 256,
+        "max_position_embeddings": 1024,
         **common,
     }
     if family == "llama":
