@@ -547,7 +547,8 @@ def parse_config(data: Any, source: str = "<dict>") -> StudyConfig:
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, but a key given twice in one mapping is an error:
     plain YAML keeps the last one, which silently drops the first section
-    (a second ``search:`` would replace the first)."""
+    (a second ``search:`` would replace the first). So is a key YAML reads as
+    a boolean (``yes:``, ``no:``, ``on:``)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -567,6 +568,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     key_node.start_mark,
                 )
             seen[key] = line
+            if isinstance(key, bool):  # every key of a study is a name
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key_node.value!r} is read by YAML as the boolean {key}; a study's keys "
+                    f"are names, so quote it ('{key_node.value}') or use the key the docs give "
+                    "(an LLM judge's answers are yes_answer and no_answer)",
+                    key_node.start_mark,
+                )
         return super().construct_mapping(node, deep=deep)
 
 

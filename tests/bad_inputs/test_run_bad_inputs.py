@@ -247,6 +247,26 @@ def test_a_key_given_twice_is_an_error(
     assert not store.exists()
 
 
+def test_a_key_yaml_reads_as_a_boolean_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``yes:`` and ``no:`` are booleans to YAML: named, located, exit 2."""
+    store = tmp_path / "store"
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        f"name: judged\nn_trials: 1\nmodel: {{name: tiny-random-llama}}\n"
+        f"task: {{builtin: refusal}}\nstore: {{root: {store}}}\nevaluation:\n"
+        "  metrics: [target_logprob, judge]\n  llm_judge:\n    template: '{response}'\n"
+        "    yes: 'Yes'\n"
+    )
+    code, err = run_cli(capsys, str(path))
+    assert code == 2, err
+    assert_one_paragraph(
+        err, "key 'yes' is read by YAML as the boolean True", "yes_answer", "line 10"
+    )
+    assert not store.exists()
+
+
 def test_a_bad_override_names_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = study_yaml(tmp_path, str(tmp_path / "store"))
     code, err = run_cli(capsys, str(path), "n_trials")
