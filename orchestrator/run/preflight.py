@@ -217,6 +217,18 @@ def check_positions(codec: Codec, space: SearchSpace, train: list[Example]) -> N
                 )
 
 
+def check_judge_answers(codec: Codec, judge: LLMJudgeSpec) -> None:
+    """The LLM judge compares the first tokens of its two answers, so they
+    must differ (``Yes`` and ``Yesterday`` may share one)."""
+    yes, no = (codec.encode_target(a)[:1] for a in (judge.yes, judge.no))
+    if yes == no:
+        raise PreflightError(
+            f"evaluation.llm_judge: yes_answer {judge.yes!r} and no_answer {judge.no!r} start "
+            f"with the same token for {codec.model_id}'s tokenizer, so the judge could not tell "
+            "them apart; use two words that start differently, such as Yes and No"
+        )
+
+
 def measured_metrics(evaluation: EvalSpec) -> list[str]:
     """The transfer metrics the workers will write for this study, by name."""
     examples = evaluation.scored_examples
@@ -341,6 +353,8 @@ def prepare(config: StudyConfig, *, check_store_root: bool = True) -> Plan:
             "as task.judge: {contains_any: [...]} or {lacks_all: [...]} (or a built-in list: "
             "refusal, retraction, enthusiasm), or set evaluation.llm_judge"
         )
+    if evaluation.llm_judge is not None and codec is not None:
+        check_judge_answers(codec, evaluation.llm_judge)
     check_objectives(config, measured_metrics(evaluation))
     surprisal_spec = None
     if config.surprisal_model is not None:

@@ -134,3 +134,18 @@ def test_bad_llm_judges_are_config_errors(tmp_path, judge, problem) -> None:
     cfg["evaluation"]["metrics"] = ["target_logprob"]
     with pytest.raises(ConfigError, match="metrics has no judge"):
         parse_config({**cfg, "evaluation": {"llm_judge": {"template": "{response}"}}})
+
+
+def test_llm_judge_answers_that_share_a_first_token_are_refused(tmp_path) -> None:
+    cfg = _config(
+        tmp_path,
+        {"builtin": "refusal"},
+        evaluation={
+            "metrics": ["target_logprob", "judge"],
+            "llm_judge": {"template": "{response}", "yes_answer": "Yes", "no_answer": "Yesss"},
+        },
+    )
+    with pytest.raises(PreflightError, match="start with the same token"):
+        prepare(parse_config(cfg), check_store_root=False)
+    cfg["evaluation"]["llm_judge"]["no_answer"] = "No"
+    assert prepare(parse_config(cfg), check_store_root=False).evaluation.llm_judge is not None
