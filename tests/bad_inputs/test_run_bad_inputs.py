@@ -150,6 +150,13 @@ CASES: list[tuple[str, Any, list[str], list[str]]] = [
         ["model.name: model path does not exist", "no/model"],
     ),
     (
+        # conftest sets HF_HUB_OFFLINE=1: a hub id not in the cache, one paragraph
+        "hub model not in the cache",
+        lambda tmp: {"model": {"name": "no-such-org/no-such-model"}},
+        [],
+        ["could not read the config of 'no-such-org/no-such-model'", "local folder"],
+    ),
+    (
         "truncated GGUF",
         lambda tmp: {"model": {"name": truncated_gguf(tmp)}},
         [],

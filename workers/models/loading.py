@@ -151,7 +151,14 @@ def peek_shape(spec: ModelSpec | str) -> ModelShape:
     except ValueError as exc:
         raise ModelLoadError(f"could not read the config of '{name}': {exc}") from exc
     except OSError as exc:
-        raise ModelLoadError(f"could not read the config of '{name}': {exc}") from exc
+        text = " ".join(str(exc).split())  # transformers' message spans several lines
+        if not Path(source).expanduser().exists():  # a hub id, not a local folder
+            text += (
+                " A hub id needs the hub or the local Hugging Face cache (HF_HOME); on a "
+                "machine without network, download the model once where the hub is reachable, "
+                "or give model.name a local folder (HF_HUB_OFFLINE=1 skips the retries)"
+            )
+        raise ModelLoadError(f"could not read the config of '{name}': {text}") from exc
     return config_shape(config, name)
 
 
