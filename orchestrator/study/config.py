@@ -295,6 +295,13 @@ class LLMJudgeConfig(_Strict):
     yes_answer: str = Field("Yes", min_length=1)
     no_answer: str = Field("No", min_length=1)
 
+    @field_validator("yes_answer", "no_answer", mode="before")
+    @classmethod
+    def _quoted(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # YAML reads an unquoted Yes, No, on or off as a boolean
+            raise ValueError("YAML read this word as a boolean; quote it: 'Yes' or 'No'")
+        return value
+
     @field_validator("template", mode="after")
     @classmethod
     def _placeholders(cls, value: str) -> str:

@@ -121,6 +121,7 @@ def test_a_judge_metric_without_judge_strings_names_the_settings(tmp_path) -> No
         ({"template": "Is it ok?"}, "needs a {response} placeholder"),
         ({"template": "{response} {answer}"}, "unknown placeholder"),
         ({"template": "{response}", "yes_answer": "yes", "no_answer": "Yes"}, "different words"),
+        ({"template": "{response}", "yes_answer": True}, "read this word as a boolean; quote it"),
     ],
 )
 def test_bad_llm_judges_are_config_errors(tmp_path, judge, problem) -> None:
