@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,8 +219,9 @@ class AheadTPESampler(_TPESampler):
         l_x = self._build_parzen_estimator(study, space, good, handle_below=True)
         g_x = self._build_parzen_estimator(study, space, bad, handle_below=False)
         k = self._n_ei_candidates
-        samples = l_x.sample(self._rng.rng, n * k)
-        score = self._compute_acquisition_func(samples, l_x, g_x)
+        with vectorized_log_ndtr():
+            samples = l_x.sample(self._rng.rng, n * k)
+            score = self._compute_acquisition_func(samples, l_x, g_x)
         out = []
         for i in range(n):
             part = {name: v[i * k : (i + 1) * k] for name, v in samples.items()}
@@ -295,6 +297,39 @@ try:  # the TPE internals ask-ahead draws on (Optuna 4 and 5)
     )
 except ImportError:  # pragma: no cover - depends on the Optuna release
     _AHEAD_HOOKS = False
+
+_TRUNCNORM: Any
+try:
+    from optuna.samplers._tpe import _truncnorm as _TRUNCNORM
+except ImportError:  # pragma: no cover - depends on the Optuna release
+    _TRUNCNORM = None
+
+
+def _log_ndtr_array(a: Any) -> np.ndarray:
+    """log Phi(a) elementwise over a whole array (torch's float64 kernel)."""
+    import torch
+
+    return torch.special.log_ndtr(torch.from_numpy(np.asarray(a, dtype=np.float64))).numpy()
+
+
+@contextlib.contextmanager
+def vectorized_log_ndtr() -> Iterator[None]:
+    """Within it, Optuna's truncated-normal code (TPE's sampling and log
+    densities) takes log Phi from :func:`_log_ndtr_array` instead of one
+    Python call per element (``np.frompyfunc``), which was a third of an
+    ask-ahead fit's time; the values agree to 1e-16 absolute. Used for
+    ask-ahead draws only, so the exact mode stays Optuna's own arithmetic.
+    Without that private function (another Optuna release) it changes nothing."""
+    module = _TRUNCNORM
+    if module is None or not hasattr(module, "_log_ndtr"):
+        yield
+        return
+    saved = module._log_ndtr
+    module._log_ndtr = _log_ndtr_array
+    try:
+        yield
+    finally:
+        module._log_ndtr = saved
 
 
 def make_sampler(config: StudyConfig, space: Any) -> optuna.samplers.BaseSampler:

@@ -214,3 +214,55 @@ def test_thinned_history_keeps_running_and_newest() -> None:
     older = [n for n in numbers if n < 265]
     assert len(older) == 29 and older[0] == 0 and max(np.diff(older)) - min(np.diff(older)) <= 1
     assert thin_history(history[:50], 64) == history[:50]
+
+
+def test_the_vectorized_log_ndtr_is_optunas_and_only_inside_ask_ahead_draws() -> None:
+    """Ask-ahead draws take log Phi from one array call: the same values as
+    Optuna's per-element function (tails included), the same truncated-normal
+    densities and quantiles, and Optuna's own function back afterwards, also
+    after an exception and in the exact mode."""
+    from optuna.samplers._tpe import _truncnorm
+
+    from orchestrator.study.optuna_study import _log_ndtr_array, vectorized_log_ndtr
+
+    original = _truncnorm._log_ndtr
+    x = np.concatenate([np.linspace(-40, 40, 4001), np.random.default_rng(0).normal(0, 5, 2000)])
+    want, got = original(x), _log_ndtr_array(x)
+    assert np.all(np.abs(got - want) <= 1e-15 + 1e-12 * np.abs(want))
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 3, 500), None
+    b = a + rng.exponential(2.0, 500)
+    q, z = rng.random(500), a + (b - a) * rng.random(500)
+    plain = (_truncnorm.ppf(q, a, b), _truncnorm.logpdf(z, a, b))
+    with vectorized_log_ndtr():
+        assert _truncnorm._log_ndtr is _log_ndtr_array
+        fast = (_truncnorm.ppf(q, a, b), _truncnorm.logpdf(z, a, b))
+    for p, f in zip(plain, fast, strict=True):
+        np.testing.assert_allclose(f, p, rtol=1e-9, atol=1e-12)
+    assert _truncnorm._log_ndtr is original
+    with pytest.raises(RuntimeError), vectorized_log_ndtr():
+        raise RuntimeError("a failed draw")
+    assert _truncnorm._log_ndtr is original
+    seen = []
+    sampler = AheadTPESampler(ahead=1, seed=0, constant_liar=True, n_startup_trials=3)
+    spy = sampler._compute_acquisition_func
+
+    def record(*args, **kwargs):
+        seen.append(_truncnorm._log_ndtr is original)
+        return spy(*args, **kwargs)
+
+    sampler._compute_acquisition_func = record  # type: ignore[method-assign]
+    _proposals(sampler, 12, in_flight=2)
+    assert seen and all(seen), "the exact mode uses Optuna's own arithmetic"
+    ahead = AheadTPESampler(ahead=4, seed=0, constant_liar=True, n_startup_trials=3)
+    spy_ahead = ahead._compute_acquisition_func
+    inside = []
+
+    def record_ahead(*args, **kwargs):
+        inside.append(_truncnorm._log_ndtr is _log_ndtr_array)
+        return spy_ahead(*args, **kwargs)
+
+    ahead._compute_acquisition_func = record_ahead  # type: ignore[method-assign]
+    _proposals(ahead, 12, in_flight=2)
+    # its draws (some asks fall back to Optuna's own per-ask path, unpatched)
+    assert any(inside) and _truncnorm._log_ndtr is original
