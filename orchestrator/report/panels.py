@@ -33,8 +33,8 @@ JUDGE_PREFIX = "judge:"
 RETRACTION_JUDGE = "judge:lacks_all"
 SURPRISAL = "surprisal"
 NO_GROUP = "ungrouped"
-"""The group of an example without one (of every example, in a store whose
-``examples`` table has no group column: written before schema version 4)."""
+"""The group of an example without one (of every example of a store written
+before schema version 4, which had no ``examples.example_group``)."""
 GROUP_COLUMN = "example_group"
 YES = 0.5  # a verdict at or above this is a yes; judges store 1.0 (yes) and 0.0 (no)
 MEDIAN_ROW = "median"
@@ -55,12 +55,11 @@ def metric_rows(st: Study, ids: Sequence[str], where: pc.Expression) -> pd.DataF
 
 def example_groups(st: Study) -> pd.DataFrame:
     """Per stored example, in stored order: ``eval_example_id`` and its
-    ``group`` (``NO_GROUP`` where it has none)."""
-    has = GROUP_COLUMN in st.examples.schema.names
-    ex = st.examples.to_table(columns=["example_id", GROUP_COLUMN] if has else ["example_id"])
+    ``group`` (``NO_GROUP`` where it has none). The reader gives files written
+    before the group column that column too, with nulls."""
+    ex = st.examples.to_table(columns=["example_id", GROUP_COLUMN])
     ex_df = ex.to_pandas().drop_duplicates("example_id", keep="last")
-    raw = list(ex_df[GROUP_COLUMN]) if has else [None] * len(ex_df)
-    names = [NO_GROUP if pd.isna(g) or str(g) == "" else str(g) for g in raw]
+    names = [NO_GROUP if pd.isna(g) or str(g) == "" else str(g) for g in ex_df[GROUP_COLUMN]]
     out = ex_df.assign(group=pd.Series(names, index=ex_df.index, dtype=str))
     return out.rename(columns={"example_id": "eval_example_id"})[["eval_example_id", "group"]]
 

@@ -46,6 +46,8 @@ def test_a_version_1_store_opens_reads_and_takes_new_trials(tmp_path: Path) -> N
     frame = st.joined_frame()
     assert len(frame) == 6 and frame["transfer_n"].eq(4).all()
     assert frame["train_example_ids"].isna().all()  # a column version 1 did not have
+    groups = st.examples.to_table(columns=["example_id", "example_group"])  # nor this one (v4)
+    assert groups.num_rows > 0 and groups["example_group"].null_count == groups.num_rows
 
     # A resumed run writes new trials, with text, into the old store.
     ctx = make_context("old-study", d_model=8)
