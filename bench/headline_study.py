@@ -46,6 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_core_check import DEVICE, SHAPES, real_shape  # noqa: E402
 
+from orchestrator.run.estimate import OPTIMIZE_PASSES, SCORE_PASSES, pass_flop  # noqa: E402
 from orchestrator.run.pools import LocalPool  # noqa: E402
 from orchestrator.run.preflight import prepare  # noqa: E402
 from orchestrator.run.runner import run_study  # noqa: E402
@@ -123,10 +124,10 @@ def useful_flop(lm: LoadedModel, vectors: Any, transfer: Any, prompt: int, m: in
     t = prompt + m
     above = n_layers - vectors["layer"].to_numpy(float)
     steps = vectors["iterations"].to_numpy(float)
-    opt = float(np.sum(steps * (6 * p * above * t + 6 * d * vocab * m)))
     scored = transfer.groupby("vector_id").size().reindex(vectors["vector_id"]).fillna(0).to_numpy()
-    ev = float(np.sum(scored * (2 * p * above * t + 2 * d * vocab * m)))
-    return opt + ev
+    opt = steps * pass_flop(OPTIMIZE_PASSES, p, above, t, d * vocab, m)
+    ev = scored * pass_flop(SCORE_PASSES, p, above, t, d * vocab, m)
+    return float(np.sum(opt) + np.sum(ev))
 
 
 def stage(

@@ -23,6 +23,7 @@ reached 83).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from orchestrator.run.preflight import Plan
 from orchestrator.study.space import highest, lowest, max_shots
@@ -64,6 +65,20 @@ def _tokens(codec: Codec | None, ex: Example) -> tuple[int, int]:
     return len(codec.encode_prompt(ex.prompt)) + n_t, n_t
 
 
+OPTIMIZE_PASSES = 6  # an optimizer step: forward and the activations' backward (2 + 4)
+SCORE_PASSES = 2  # a held-out score: one forward
+
+
+def pass_flop(
+    passes: float, block_params: Any, blocks: Any, tokens: Any, head: Any, targets: Any
+) -> Any:
+    """FLOPs of one vector-step (``passes`` = ``OPTIMIZE_PASSES``) or one held-out
+    score (``SCORE_PASSES``): ``passes * (P * blocks * T + d * V * m)``, with
+    ``blocks`` the blocks from the steering layer up and ``head`` = d * V.
+    Scalars or numpy arrays (one entry per vector)."""
+    return passes * block_params * blocks * tokens + passes * head * targets
+
+
 def _mean(xs: list[int]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
@@ -83,8 +98,8 @@ def estimate(plan: Plan, codec: Codec | None, tflops: float = DEFAULT_TFLOPS) ->
     above = max(1, shape.n_layers - low_layer)
     p = shape.block_params or 12 * shape.d_model**2
     head = shape.d_model * (shape.vocab or 0)
-    per_step = 6 * p * above * t_train + 6 * head * m_train
-    per_eval = 2 * p * above * t_eval + 2 * head * m_eval
+    per_step = pass_flop(OPTIMIZE_PASSES, p, above, t_train, head, m_train)
+    per_eval = pass_flop(SCORE_PASSES, p, above, t_eval, head, m_eval)
     n_evals = vectors * len(plan.transfer)
     return Estimate(
         trials=cfg.n_trials,
