@@ -146,84 +146,115 @@ def _utc(ts: datetime | None) -> datetime | None:
 
 
 def trials_table(ctx: StudyContext, trial: TrialRecord, n_vectors: int) -> pa.Table:
-    """A one-row ``trials`` table."""
-    params = dict(trial.params)
-    for v in params.values():
-        S.param_type(v)  # fails early on unsupported types
-    values = [float(v) for v in trial.values] if trial.values else None
-    start, end = _utc(trial.started_at), _utc(trial.finished_at)
-    row: dict[str, Any] = {
-        "trial": trial.number,
-        "state": trial.state,
-        "value": values[0] if values else None,
-        "values": values,
-        "intermediate_values": [
-            {"step": int(k), "value": float(v)}
-            for k, v in sorted(trial.intermediate_values.items())
-        ],
-        "params_json": json.dumps(params, sort_keys=True, allow_nan=True),
-        "distributions_json": trial.distributions_json,
-        "started_at": start,
-        "finished_at": end,
-        "duration_s": (end - start).total_seconds() if start and end else None,
-        "n_vectors": n_vectors,
-        "error": trial.error,
-        "code_version": S.code_version(),
-        "config_hash": ctx.config_hash,
-    }
-    for name, v in params.items():
-        row[S.PARAM_PREFIX + name] = v
-    schema = S.trials_schema({k: S.param_type(v) for k, v in params.items()})
-    return pa.Table.from_pylist([row], schema=schema)
+    """The ``trials`` row of one trial (``n_vectors``: how many vectors it made)."""
+    return trials_table_many(ctx, [(trial, n_vectors)])
+
+
+def trials_table_many(ctx: StudyContext, trials: Sequence[tuple[TrialRecord, int]]) -> pa.Table:
+    """The ``trials`` rows of several trials, as one table.
+
+    Trials whose parameters have the same names and types share one schema
+    and are built in one call; should a group mix schemas (a conditional
+    parameter, or one value an int in one trial and a float in another), the
+    parts are concatenated with Arrow's permissive promotion, as one trial's
+    tables always were."""
+    parts: dict[tuple, list[dict[str, Any]]] = {}
+    code = S.code_version()
+    for trial, n_vectors in trials:
+        params = dict(trial.params)
+        types = tuple((k, S.param_type(v)) for k, v in params.items())  # fails early
+        values = [float(v) for v in trial.values] if trial.values else None
+        start, end = _utc(trial.started_at), _utc(trial.finished_at)
+        row: dict[str, Any] = {
+            "trial": trial.number,
+            "state": trial.state,
+            "value": values[0] if values else None,
+            "values": values,
+            "intermediate_values": [
+                {"step": int(k), "value": float(v)}
+                for k, v in sorted(trial.intermediate_values.items())
+            ],
+            "params_json": json.dumps(params, sort_keys=True, allow_nan=True),
+            "distributions_json": trial.distributions_json,
+            "started_at": start,
+            "finished_at": end,
+            "duration_s": (end - start).total_seconds() if start and end else None,
+            "n_vectors": n_vectors,
+            "error": trial.error,
+            "code_version": code,
+            "config_hash": ctx.config_hash,
+        }
+        for name, v in params.items():
+            row[S.PARAM_PREFIX + name] = v
+        parts.setdefault(types, []).append(row)
+    tables = [
+        pa.Table.from_pylist(rows, schema=S.trials_schema(dict(types)))
+        for types, rows in parts.items()
+    ]
+    if not tables:
+        return S.trials_schema().empty_table()
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def vectors_table(ctx: StudyContext, trial: int, vectors: Sequence[VectorRecord]) -> pa.Table:
     """A ``vectors`` table of one trial; every vector must be ``(d_model,)``."""
+    return vectors_table_many(ctx, [(trial, vectors)])
+
+
+def vectors_table_many(
+    ctx: StudyContext, trials: Sequence[tuple[int, Sequence[VectorRecord]]]
+) -> pa.Table:
+    """The ``vectors`` rows of several trials, as one table (one Arrow array
+    per column, not one per trial and column)."""
     d = ctx.d_model
     cols: dict[str, list[Any]] = {f.name: [] for f in S.vectors_schema(d)}
     mats = []
-    for rec in vectors:
-        r = rec.result
-        vec = np.asarray(r.vector)
-        if vec.shape != (d,):
-            raise ValueError(f"vector of job {r.job_id} has shape {vec.shape}, expected ({d},)")
-        mats.append(vec.astype(np.float32, copy=False))
-        history = [float(x) for x in r.loss_history]
-        a, b = (None, None) if r.factors is None else r.factors
-        _append(
-            cols,
-            vector_id=S.vector_id(ctx.study, trial, rec.example_id),
-            trial=trial,
-            job_id=r.job_id,
-            example_id=rec.example_id,
-            model_id=ctx.model_id,
-            model_revision=ctx.model_revision,
-            config_hash=ctx.config_hash,
-            layer=int(r.layers[0]),
-            layers=[int(x) for x in r.layers],
-            intervention=rec.intervention,
-            norm_bound=None if rec.norm_bound is None else float(rec.norm_bound),
-            loss_kind=rec.loss_kind,
-            lr=float(rec.lr),
-            seed=int(r.seed),
-            log_base=float(r.log_base),
-            initial_loss=history[0] if history else None,
-            final_loss=history[-1] if history else None,
-            loss_history=history,
-            target_losses=[float(x) for x in r.target_losses],
-            iterations=int(r.iterations),
-            stop_reason=r.stop_reason,
-            final_norm=_float_or_none(r.final_norm),
-            dtype=rec.dtype or str(vec.dtype),
-            affine_rank=None if a is None else int(np.asarray(a).shape[0]),
-            affine_a=None if a is None else np.asarray(a, np.float32).ravel(),
-            affine_b=None if b is None else np.asarray(b, np.float32).ravel(),
-            train_example_ids=list(rec.train_example_ids or (rec.example_id,)),
-            screened=bool(rec.screened),
-        )
-    ids = cols["vector_id"]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"trial {trial} has two vectors for the same training example")
+    for trial, vectors in trials:
+        first = len(cols["vector_id"])
+        for rec in vectors:
+            r = rec.result
+            vec = np.asarray(r.vector)
+            if vec.shape != (d,):
+                raise ValueError(f"vector of job {r.job_id} has shape {vec.shape}, expected ({d},)")
+            mats.append(vec.astype(np.float32, copy=False))
+            history = [float(x) for x in r.loss_history]
+            a, b = (None, None) if r.factors is None else r.factors
+            _append(
+                cols,
+                vector_id=S.vector_id(ctx.study, trial, rec.example_id),
+                trial=trial,
+                job_id=r.job_id,
+                example_id=rec.example_id,
+                model_id=ctx.model_id,
+                model_revision=ctx.model_revision,
+                config_hash=ctx.config_hash,
+                layer=int(r.layers[0]),
+                layers=[int(x) for x in r.layers],
+                intervention=rec.intervention,
+                norm_bound=None if rec.norm_bound is None else float(rec.norm_bound),
+                loss_kind=rec.loss_kind,
+                lr=float(rec.lr),
+                seed=int(r.seed),
+                log_base=float(r.log_base),
+                initial_loss=history[0] if history else None,
+                final_loss=history[-1] if history else None,
+                loss_history=history,
+                target_losses=[float(x) for x in r.target_losses],
+                iterations=int(r.iterations),
+                stop_reason=r.stop_reason,
+                final_norm=_float_or_none(r.final_norm),
+                dtype=rec.dtype or str(vec.dtype),
+                affine_rank=None if a is None else int(np.asarray(a).shape[0]),
+                affine_a=None if a is None else np.asarray(a, np.float32).ravel(),
+                affine_b=None if b is None else np.asarray(b, np.float32).ravel(),
+                train_example_ids=list(rec.train_example_ids or (rec.example_id,)),
+                screened=bool(rec.screened),
+            )
+        ids = cols["vector_id"][first:]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"trial {trial} has two vectors for the same training example")
     schema = S.vectors_schema(d)
     flat = np.stack(mats).reshape(-1) if mats else np.zeros(0, np.float32)
     arrays = []
@@ -236,6 +267,10 @@ def vectors_table(ctx: StudyContext, trial: int, vectors: Sequence[VectorRecord]
 
 
 def transfer_table(trial: int, rows: Sequence[TransferRecord]) -> pa.Table:
+    return transfer_table_many([(trial, rows)])
+
+
+def transfer_table_many(trials: Sequence[tuple[int, Sequence[TransferRecord]]]) -> pa.Table:
     return pa.Table.from_pylist(
         [
             {
@@ -247,6 +282,7 @@ def transfer_table(trial: int, rows: Sequence[TransferRecord]) -> pa.Table:
                 "unsteered": _float_or_none(r.unsteered),
                 "success": None if r.success is None else bool(r.success),
             }
+            for trial, rows in trials
             for r in rows
         ],
         schema=S.TRANSFER_SCHEMA,
@@ -254,6 +290,12 @@ def transfer_table(trial: int, rows: Sequence[TransferRecord]) -> pa.Table:
 
 
 def generations_table(trial: int, rows: Sequence[GenerationRecord]) -> pa.Table:
+    return generations_table_many([(trial, rows)])
+
+
+def generations_table_many(
+    trials: Sequence[tuple[int, Sequence[GenerationRecord]]],
+) -> pa.Table:
     return pa.Table.from_pylist(
         [
             {
@@ -268,6 +310,7 @@ def generations_table(trial: int, rows: Sequence[GenerationRecord]) -> pa.Table:
                 "unsteered_stop": r.unsteered_stop,
                 "max_tokens": int(r.max_tokens),
             }
+            for trial, rows in trials
             for r in rows
         ],
         schema=S.GENERATIONS_SCHEMA,

@@ -56,8 +56,10 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @functools.lru_cache(maxsize=1)
+@functools.cache
 def code_version() -> str:
-    """The installed ``steer-sweep`` version, or ``0+unknown`` from a bare checkout."""
+    """The installed ``steer-sweep`` version, or ``0+unknown`` from a bare checkout
+    (read once per process: the metadata lookup scans the installed packages)."""
     try:
         return importlib.metadata.version("steer-sweep")
     except importlib.metadata.PackageNotFoundError:

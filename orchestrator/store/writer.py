@@ -115,7 +115,7 @@ class StoreWriter:
         trial replaces its earlier text. (A study whose keep_generations went
         to 0 between runs leaves the text of trials it does not rewrite.)"""
         n = trial.number
-        tables = self._trial_tables(trial, vectors, transfer, generations)
+        tables = self._tables([(trial, vectors, transfer, generations)])
         # Encode everything first: a bad record must not leave a partial trial.
         blobs = {
             S.trial_key(name, self.context.study, n): self._encode(name, tables[name], [n])
@@ -142,41 +142,39 @@ class StoreWriter:
         numbers = [t[0].number for t in trials]
         if len(set(numbers)) != len(numbers):
             raise ValueError(f"a group holds trial numbers twice: {sorted(numbers)}")
-        per_trial = [self._trial_tables(*t) for t in trials]
-        names = [n for n in S.TRIAL_TABLES if any(n in t for t in per_trial)]
+        tables = self._tables(trials)
         blobs = {}
         lo, hi = min(numbers), max(numbers)
-        for name in names:
-            parts = [t[name] for t in per_trial if name in t]
-            table = pa.concat_tables(parts, promote_options="permissive")
-            key = S.compact_key(name, self.context.study, lo, hi, tag)
-            blobs[key] = self._encode(name, table, numbers)
+        for name in S.TRIAL_TABLES:
+            if name in tables:
+                key = S.compact_key(name, self.context.study, lo, hi, tag)
+                blobs[key] = self._encode(name, tables[name], numbers)
         return self._write(blobs, None, group=set(numbers), fresh=fresh)
 
-    def _trial_tables(
-        self,
-        trial: R.TrialRecord,
-        vectors: Sequence[R.VectorRecord] = (),
-        transfer: Sequence[R.TransferRecord] = (),
-        generations: Sequence[R.GenerationRecord] | None = None,
-    ) -> dict[str, pa.Table]:
-        n = trial.number
-        vec = R.vectors_table(self.context, n, vectors)
-        ids = set(vec["vector_id"].to_pylist())
-        for what, rows in (("transfer", transfer), ("generation", generations or ())):
-            stray = {t.vector_id for t in rows} - ids
-            if stray:
-                raise ValueError(
-                    f"trial {n}: {what} rows name vectors this trial did not produce: "
-                    f"{sorted(stray)[:5]}"
-                )
+    def _tables(self, trials: Sequence[TrialWrite]) -> dict[str, pa.Table]:
+        """Each table's rows of ``trials``, one Arrow table per table (a group
+        built at once: building one small table per trial and table, then
+        concatenating, cost the driver more than encoding and writing).
+        ``generations`` holds the rows of the trials that keep text, and is
+        absent when none does."""
+        for trial, vectors, transfer, generations in trials:
+            n = trial.number
+            ids = {S.vector_id(self.context.study, n, v.example_id) for v in vectors}
+            for what, rows in (("transfer", transfer), ("generation", generations or ())):
+                stray = {t.vector_id for t in rows} - ids
+                if stray:
+                    raise ValueError(
+                        f"trial {n}: {what} rows name vectors this trial did not produce: "
+                        f"{sorted(stray)[:5]}"
+                    )
         tables = {
-            "transfer": R.transfer_table(n, transfer),
-            "vectors": vec,
-            "trials": R.trials_table(self.context, trial, len(vectors)),
+            "transfer": R.transfer_table_many([(t[0].number, t[2]) for t in trials]),
+            "vectors": R.vectors_table_many(self.context, [(t[0].number, t[1]) for t in trials]),
+            "trials": R.trials_table_many(self.context, [(t[0], len(t[1])) for t in trials]),
         }
-        if generations is not None:
-            tables["generations"] = R.generations_table(n, generations)
+        texts = [(t[0].number, t[3]) for t in trials if t[3] is not None]
+        if texts:
+            tables["generations"] = R.generations_table_many(texts)
         return tables
 
     # ------------------------------------------------------------ internals
