@@ -152,6 +152,7 @@ class AheadTPESampler(_TPESampler):
         # One per ask served from a batch (the latest 100,000), for the staleness test.
         self.proposals: deque[Proposal] = deque(maxlen=100_000)
         self._ranked = RankedTrials()
+        self._index = TrialIndex()
 
     def infer_relative_search_space(
         self, study: Any, trial: FrozenTrial
@@ -176,13 +177,12 @@ class AheadTPESampler(_TPESampler):
         now = self.clock()
         key = tuple(search_space.items())
         if not (self._queue and key == self._queue_key and self._fresh()):
-            finished = study._get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED), use_cache=True
-            )
-            if len(finished) < self._n_startup_trials:
+            self._index.update(study, exclude=trial.number)
+            told = len(self._index.numbers)  # COMPLETE and PRUNED, as Optuna counts
+            if told < self._n_startup_trials:
                 return {}
             self._queue = self._draw(study, trial, search_space, self.ahead)
-            self._queue_key, self._fitted_at, self._seen = key, now, len(finished)
+            self._queue_key, self._fitted_at, self._seen = key, now, told
             self._fits += 1
         assert self._queue_key is not None
         fit_space = tuple(name for name, _ in self._queue_key)
@@ -197,25 +197,23 @@ class AheadTPESampler(_TPESampler):
     def _draw(
         self, study: Any, trial: FrozenTrial, space: dict[str, BaseDistribution], n: int
     ) -> list[dict[str, Any]]:
-        """``n`` proposals from one fit on the history as it is now."""
-        states = [TrialState.COMPLETE, TrialState.PRUNED]
-        if self._constant_liar:
-            states.append(TrialState.RUNNING)
-        history = [
-            t
-            for t in study._get_trials(deepcopy=False, states=states, use_cache=False)
-            if t.number != trial.number
-        ]
+        """``n`` proposals from one fit on the history as it is now (the
+        trial index just updated by the caller)."""
+        idx = self._index
+        new = idx.take_new()
+        running = idx.running if self._constant_liar else []
         if self._gamma is None:
             self._gamma = default_gamma if len(study.directions) <= 1 else default_gamma_mo
-        n_told = sum(t.state != TrialState.RUNNING for t in history)
-        split = None
+        n_good = self._gamma(len(idx.numbers))
+        good = None
         if self._constraints_func is None:  # the driver never sets constraints
-            split = self._ranked.split(study, history, self._gamma(n_told))
-        if split is None:  # multi-objective, constraints, or too few complete trials
-            split = _split_trials(study, history, self._gamma(n_told))
-        good, bad = split
-        bad = thin_history(bad, self.max_bad)
+            good = self._ranked.good(study, new, n_good)
+        if good is not None:
+            bad = thin_bad(idx, {t.number for t in good}, running, self.max_bad)
+        else:  # multi-objective, constraints, or too few complete trials
+            history = sorted(idx.told() + running, key=lambda t: t.number)
+            good, bad = _split_trials(study, history, n_good)
+            bad = thin_history(bad, self.max_bad)
         l_x = self._build_parzen_estimator(study, space, good, handle_below=True)
         g_x = self._build_parzen_estimator(study, space, bad, handle_below=False)
         k = self._n_ei_candidates
@@ -248,21 +246,119 @@ class RankedTrials:
     def split(
         self, study: Any, history: list[FrozenTrial], n_good: int
     ) -> tuple[list[FrozenTrial], list[FrozenTrial]] | None:
+        good = self.good(study, history, n_good)
+        if good is None:
+            return None
+        good_numbers = {t.number for t in good}
+        bad = [t for t in history if t.number not in good_numbers]
+        return good, bad
+
+    def good(self, study: Any, new: Sequence[FrozenTrial], n_good: int) -> list[FrozenTrial] | None:
+        """The good trials (in number order) after adding the complete ones of
+        ``new`` (trials seen before are skipped), or None as for ``split``."""
         if len(study.directions) != 1:
             return None  # multi-objective TPE ranks by non-domination
         sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-        for t in history:
+        for t in new:
             if t.state == TrialState.COMPLETE and t.number not in self._trials:
                 self._trials[t.number] = t
                 bisect.insort(self._keys, (sign * float(t.values[0]), t.number))
         if len(self._trials) < n_good:
             return None
         # A finished trial never leaves a study's history: the ranked ones are in it.
-        good = [self._trials[n] for _, n in self._keys[:n_good]]
-        good_numbers = {t.number for t in good}
-        good.sort(key=lambda t: t.number)
-        bad = [t for t in history if t.number not in good_numbers]
-        return good, bad
+        return sorted((self._trials[n] for _, n in self._keys[:n_good]), key=lambda t: t.number)
+
+
+class TrialIndex:
+    """The trials an ask-ahead fit reads, kept up to date without reading the
+    whole history at every fit.
+
+    A study's trials only grow, in creation order, and a finished trial never
+    changes. So every fit scans only the trials from the oldest one that was
+    unfinished at the previous fit: newly told ones (COMPLETE or PRUNED, the
+    states TPE fits on) join ``numbers`` (ascending) and ``take_new()``; the running
+    ones (other than the trial being asked) are ``running``. With T trials in
+    flight a fit costs O(T + told since the last fit), not O(history).
+    """
+
+    def __init__(self) -> None:
+        self._reset(None)
+
+    def _reset(self, study: Any) -> None:
+        self.numbers: list[int] = []  # told trials, ascending
+        self.trials: dict[int, FrozenTrial] = {}
+        self._new: list[FrozenTrial] = []  # told since the last take_new()
+        self.running: list[FrozenTrial] = []
+        self._study = study
+        self._scan = 0  # every trial before this position is finished and absorbed
+        self._absorbed: set[int] = set()  # finished trials at or after _scan, absorbed
+
+    def update(self, study: Any, exclude: int) -> None:
+        key = (id(study._storage), study._study_id)
+        if key != self._study:
+            self._reset(key)
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        self.running = []
+        advancing = True
+        for pos in range(self._scan, len(trials)):
+            t = trials[pos]
+            if t.state.is_finished():
+                if t.number not in self._absorbed:
+                    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                        bisect.insort(self.numbers, t.number)
+                        self.trials[t.number] = t
+                        self._new.append(t)
+                    self._absorbed.add(t.number)
+                if advancing:
+                    self._scan = pos + 1
+                    self._absorbed.discard(t.number)
+                continue
+            advancing = False
+            if t.state == TrialState.RUNNING and t.number != exclude:
+                self.running.append(t)
+
+    def told(self) -> list[FrozenTrial]:
+        return [self.trials[n] for n in self.numbers]
+
+    def take_new(self) -> list[FrozenTrial]:
+        """The trials told since the last call (in the order they were found)."""
+        new, self._new = self._new, []
+        return new
+
+
+def thin_bad(
+    index: TrialIndex,
+    good: set[int],
+    running: list[FrozenTrial],
+    at_most: int,
+    recent: int = 25,
+) -> list[FrozenTrial]:
+    """``thin_history(bad, at_most, recent)`` for ``bad`` = the told trials of
+    ``index`` not in ``good`` (a subset of them) and ``running``, in number
+    order; without building ``bad``: it walks only the trials it keeps."""
+    numbers, trials = index.numbers, index.trials
+    if len(numbers) - len(good) + len(running) <= at_most:
+        return sorted(
+            [trials[n] for n in numbers if n not in good] + running, key=lambda t: t.number
+        )
+    newest: list[int] = []
+    j = len(numbers) - 1
+    while len(newest) < recent and j >= 0:
+        if numbers[j] not in good:
+            newest.append(numbers[j])
+        j -= 1
+    # The older bad trials are numbers[: j + 1] less the good ones among them.
+    good_pos = sorted(p for p in (bisect.bisect_left(numbers, g) for g in good) if p <= j)
+    n_older = j + 1 - len(good_pos)
+    room = at_most - len(running) - len(newest)
+    picked: list[int] = []
+    if room > 0 and n_older:
+        k = 0  # good positions at or before the current one
+        for i in np.unique(np.linspace(0, n_older - 1, num=min(room, n_older)).round()):
+            while k < len(good_pos) and good_pos[k] <= int(i) + k:
+                k += 1
+            picked.append(numbers[int(i) + k])
+    return sorted([trials[n] for n in picked + newest] + running, key=lambda t: t.number)
 
 
 def thin_history(trials: list[FrozenTrial], at_most: int, recent: int = 25) -> list[FrozenTrial]:

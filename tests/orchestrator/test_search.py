@@ -216,6 +216,53 @@ def test_thinned_history_keeps_running_and_newest() -> None:
     assert thin_history(history[:50], 64) == history[:50]
 
 
+def test_the_trial_index_and_thin_bad_equal_a_full_scan() -> None:
+    """The ask-ahead fit's incremental view of the study (``TrialIndex``) and
+    its thinned bad set (``thin_bad``) equal reading every trial and thinning
+    the whole bad list, on a history told out of order with pruned and failed
+    trials, for good sets with and without members among the kept trials."""
+    from orchestrator.study.optuna_study import TrialIndex, thin_bad, thin_history
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+    rng = random.Random(11)
+    index, running, checked = TrialIndex(), [], 0
+    for i in range(900):
+        running.append(study.ask(DISTS))
+        while len(running) > 24:
+            t = running.pop(rng.randrange(len(running)))
+            roll = rng.random()
+            if roll < 0.1:
+                study.tell(t, state=TrialState.PRUNED)
+            elif roll < 0.15:
+                study.tell(t, state=TrialState.FAIL)
+            else:
+                study.tell(t, rng.random())
+        if i % 13:
+            continue
+        asked = running[-1].number
+        index.update(study, exclude=asked)
+        told = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        assert [t.number for t in index.told()] == [t.number for t in told]
+        want_running = [t.number for t in running if t.number != asked]
+        assert sorted(t.number for t in index.running) == sorted(want_running)
+        numbers = index.numbers
+        for n_good in (0, 1, 25, 60):
+            good = set(rng.sample(numbers, min(n_good, len(numbers))))
+            if n_good == 25 and len(numbers) > 40:
+                good |= set(numbers[-5:])  # good trials among the newest too
+            bad = sorted(
+                [t for t in index.told() if t.number not in good] + index.running,
+                key=lambda t: t.number,
+            )
+            for at_most in (32, 100, 256, 5000):
+                got = thin_bad(index, good, index.running, at_most)
+                want = thin_history(bad, at_most)
+                assert [t.number for t in got] == [t.number for t in want], (i, n_good, at_most)
+                checked += 1
+    assert checked > 1000
+
+
 def test_the_vectorized_log_ndtr_is_optunas_and_only_inside_ask_ahead_draws() -> None:
     """Ask-ahead draws take log Phi from one array call: the same values as
     Optuna's per-element function (tails included), the same truncated-normal
