@@ -263,6 +263,48 @@ def test_the_trial_index_and_thin_bad_equal_a_full_scan() -> None:
     assert checked > 1000
 
 
+@pytest.mark.parametrize("n_trials", [12, 300])
+def test_the_estimators_log_density_is_optunas(n_trials) -> None:
+    """``estimator_log_pdf`` equals Optuna's ``_ParzenEstimator.log_pdf`` on
+    TPE's good and bad models over every kind of parameter (int, log int,
+    stepped float, float, log float, categorical), at samples drawn from
+    either model and at the bounds."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from orchestrator.study.optuna_study import estimator_log_pdf
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = {
+        "layer": IntDistribution(0, 11),
+        "rank": IntDistribution(1, 64, log=True),
+        "coef": FloatDistribution(-1.0, 1.0, step=0.25),
+        "mix": FloatDistribution(0.0, 1.0),
+        "norm": FloatDistribution(0.5, 64.0, log=True),
+        "loss": CategoricalDistribution(["promotion", "suppression", "mixed"]),
+    }
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(3))
+    for _ in range(n_trials):
+        t = study.ask(space)
+        study.tell(t, t.params["norm"] * (1 + t.params["layer"]) + t.params["mix"])
+    sampler = AheadTPESampler(ahead=4, seed=0, constant_liar=True)
+    trials = sorted(study.trials, key=lambda t: t.value)
+    rng = np.random.RandomState(0)
+    for good, bad in ((trials[:3], trials[3:]), (trials[: n_trials // 10], trials)):
+        models = [
+            sampler._build_parzen_estimator(study, space, good, handle_below=True),
+            sampler._build_parzen_estimator(study, space, bad, handle_below=False),
+        ]
+        for source in models:
+            samples = source.sample(rng, 200)
+            for name in ("layer", "mix", "norm"):
+                samples[name][:2] = [space[name].low, space[name].high]  # the bounds
+            for model in models:
+                want = model.log_pdf(samples)
+                got = estimator_log_pdf(model, samples)
+                assert np.all(np.isfinite(want))
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_the_vectorized_log_ndtr_is_optunas_and_only_inside_ask_ahead_draws() -> None:
     """Ask-ahead draws take log Phi from one array call: the same values as
     Optuna's per-element function (tails included), the same truncated-normal
@@ -301,15 +343,20 @@ def test_the_vectorized_log_ndtr_is_optunas_and_only_inside_ask_ahead_draws() ->
     sampler._compute_acquisition_func = record  # type: ignore[method-assign]
     _proposals(sampler, 12, in_flight=2)
     assert seen and all(seen), "the exact mode uses Optuna's own arithmetic"
+    from orchestrator.study import optuna_study
+
     ahead = AheadTPESampler(ahead=4, seed=0, constant_liar=True, n_startup_trials=3)
-    spy_ahead = ahead._compute_acquisition_func
+    spy_ahead = optuna_study.estimator_log_pdf
     inside = []
 
     def record_ahead(*args, **kwargs):
         inside.append(_truncnorm._log_ndtr is _log_ndtr_array)
         return spy_ahead(*args, **kwargs)
 
-    ahead._compute_acquisition_func = record_ahead  # type: ignore[method-assign]
-    _proposals(ahead, 12, in_flight=2)
+    optuna_study.estimator_log_pdf = record_ahead
+    try:
+        _proposals(ahead, 12, in_flight=2)
+    finally:
+        optuna_study.estimator_log_pdf = spy_ahead
     # its draws (some asks fall back to Optuna's own per-ask path, unpatched)
     assert any(inside) and _truncnorm._log_ndtr is original
