@@ -56,6 +56,10 @@ from workers.service.assignments import Assignment
 
 log = logging.getLogger(__name__)
 
+# At most this many asks, or this many seconds of asking, per pass of the loop.
+ASKS_PER_PASS = 8
+ASK_PASS_S = 0.002
+
 
 @dataclass
 class RunSummary:
@@ -235,14 +239,23 @@ class Driver:
                     self.committer.submit(self._records(work))
             self._flush(study, summary, timing, block=not to_ask and not self.ledger.trials)
             if want_ask:
-                t0 = time.perf_counter()
-                asked_at = time.monotonic()
-                trial = study.ask(self.dists)
-                self._start(trial, next(numbers), asked_at)
-                elapsed = time.perf_counter() - t0
-                timing["ask"] += elapsed
-                self.ask_s.append(elapsed)
-                to_ask -= 1
+                # A few asks per pass (ASKS_PER_PASS, or ASK_PASS_S of asking,
+                # whichever comes first): the pass's fixed cost (poll, pump,
+                # flush) is shared, and outcomes wait at most that long.
+                spent = 0.0
+                for _ in range(ASKS_PER_PASS):
+                    t0 = time.perf_counter()
+                    asked_at = time.monotonic()
+                    trial = study.ask(self.dists)
+                    self._start(trial, next(numbers), asked_at)
+                    elapsed = time.perf_counter() - t0
+                    timing["ask"] += elapsed
+                    self.ask_s.append(elapsed)
+                    to_ask -= 1
+                    spent += elapsed
+                    open_trials = len(self.ledger.trials) + self.committer.unsaved
+                    if not to_ask or open_trials >= self.in_flight or spent >= ASK_PASS_S:
+                        break
                 self.feeder.pump()
         self.feeder.log_counts()
         timing["write"] = self.committer.write_s

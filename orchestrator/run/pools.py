@@ -20,8 +20,10 @@ import concurrent.futures as cf
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -96,9 +98,19 @@ class LocalPool:
         )
         self.actors = [LocalHandle(o, self.executor) for o in self.objects]
         self.futures: dict[cf.Future, tuple[int, str]] = {}
+        # Finished calls, in the order they finished: a poll takes them
+        # without looking at the calls still running.
+        self._done: deque[cf.Future] = deque()
+        self._wake = threading.Event()
 
     def submit(self, key: int, fn: Call, value: Any, tag: str = "") -> None:
-        self.futures[fn(self.actors[key], value)] = (key, tag)
+        fut = fn(self.actors[key], value)
+        self.futures[fut] = (key, tag)
+        fut.add_done_callback(self._finished)  # runs at once if it is done already
+
+    def _finished(self, fut: cf.Future) -> None:
+        self._done.append(fut)
+        self._wake.set()
 
     def info(self, timeout: float = 0.0) -> list[dict[str, Any]]:
         """The shape of :meth:`RayPool.info`, for workers in this process."""
@@ -122,13 +134,13 @@ class LocalPool:
     def poll(self, timeout: float) -> list[Done]:
         if not self.futures:
             return []
-        # Finished calls first, without installing a waiter on every future
-        # (cf.wait does, even with timeout 0: a cost per pending call per poll).
-        done = {f for f in self.futures if f.done()}
-        if not done and timeout > 0:
-            done, _ = cf.wait(list(self.futures), timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        if not self._done and timeout > 0:
+            self._wake.clear()
+            if not self._done:  # a call that finished after the clear set it again
+                self._wake.wait(timeout)
         out: list[Done] = []
-        for fut in done:
+        while self._done:
+            fut = self._done.popleft()
             key, tag = self.futures.pop(fut)
             exc = fut.exception()
             out.append(Done(key, tag, WorkerLost(repr(exc)) if exc else fut.result()))
