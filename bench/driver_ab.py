@@ -28,10 +28,10 @@ def run(tree: Path, args: list[str], out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     cmd = [sys.executable, str(tree / "bench" / "driver_capacity.py"), *args, "--out", str(out)]
     check = [sys.executable, "-c", "import orchestrator; print(orchestrator.__file__)"]
-    imported = subprocess.run(check, env=env, capture_output=True, text=True, check=True)
+    imported = subprocess.run(check, env=env, cwd=tree, capture_output=True, text=True, check=True)
     if not imported.stdout.startswith(str(tree)):
         raise SystemExit(f"{tree}: imported {imported.stdout.strip()}, not this tree's package")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
     print(proc.stdout[-1500:], end="", flush=True)
     if proc.returncode:
         raise SystemExit(f"{tree}: driver_capacity failed:\n{proc.stderr[-3000:]}")

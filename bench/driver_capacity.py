@@ -192,6 +192,11 @@ def main() -> None:
         f"{idle:.1%} while work remained "
         f"({1 - busy / (args.actors * wall):.1%} of the whole run, setup and tail included)"
     )
+    # What the fake workers took per trial, measured: above --seconds when
+    # their threads wait for the interpreter lock after sleeping.
+    worker_s = busy / args.trials
+    print(f"workers took {worker_s * 1000:.1f} ms per trial (--seconds {args.seconds}), so "
+          f"they could absorb {args.actors / worker_s:.0f} trials/s")  # fmt: skip
     print(f"trials/s: {rate:.1f} over the run, {tail:.1f} over the last {w}; "
           f"ask to dispatch p50 {lat.get('ask_to_dispatch_p50', float('nan')):.1f} ms, "
           f"p99 {lat.get('ask_to_dispatch_p99', float('nan')):.1f} ms")  # fmt: skip
@@ -214,6 +219,7 @@ def main() -> None:
             "trials_per_s": rate, "trials_per_s_last": tail, "last_window": w,
             "trials_per_s_per_1000": windows,
             "idle_share": idle, "idle_share_whole_run": 1 - busy / (args.actors * wall),
+            "worker_s_per_trial": worker_s, "worker_capacity_trials_per_s": args.actors / worker_s,
             "first_dispatch_after_s": first_dispatch - started,
             "latency_ms": lat, "seconds": t, "objects": objects, "peak_rss_gib": rss_gib,
             "stored": summary.stored, "lost": summary.lost, "resume": resume,
