@@ -197,7 +197,7 @@ class Driver:
                 raise self.lease.lost_error()
             # One pass: outcomes first, then inboxes topped up (each worker
             # holds its rows' next assignments already, so it never waits on
-            # this loop), then writes and tells, then at most one ask.
+            # this loop), then writes and tells, then a few asks (below).
             # Trials waiting for their store write count as in flight, so a
             # store slower than the workers cannot build an unbounded backlog
             # of finished, unsaved work that a killed driver would lose (a

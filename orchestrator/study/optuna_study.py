@@ -388,7 +388,6 @@ try:  # the TPE internals ask-ahead draws on (Optuna 4 and 5)
         for name in (
             "_sample_relative",
             "_build_parzen_estimator",
-            "_compute_acquisition_func",
             "_compare",
         )
     )
