@@ -37,18 +37,23 @@ def local_pool(cfg: Any, delay: float = 0.05, n: int = 2) -> LocalPool:
     return local_batch_pool(worker, n)
 
 
-def empty_and_delete(client: Any, bucket: str) -> None:
-    """Delete every object of ``bucket``, then the bucket (writes may race in)."""
-    for _ in range(50):
+def empty_and_delete(client: Any, bucket: str, within_s: float = 60.0) -> None:
+    """Delete every object of ``bucket``, then the bucket. A running study's
+    writes race in between the two, so this tries again at once until
+    ``within_s`` has passed (on a loaded machine, a few seconds of tries
+    were seen to lose every race to a fast driver)."""
+    deadline, tries, last = time.monotonic() + within_s, 0, None
+    while time.monotonic() < deadline:
+        tries += 1
         keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
         if keys:
             client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys]})
         try:
             client.delete_bucket(Bucket=bucket)
             return
-        except client.exceptions.ClientError:
-            time.sleep(0.05)
-    raise AssertionError("could not delete the bucket")
+        except client.exceptions.ClientError as exc:
+            last = exc.response.get("Error", {}).get("Code")
+    raise AssertionError(f"could not delete the bucket in {tries} tries (last error: {last})")
 
 
 @pytest.fixture
