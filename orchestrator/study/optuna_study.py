@@ -235,28 +235,20 @@ class RankedTrials:
 
     Complete trials are kept ranked by value (ties: lower number first, as a
     stable sort of Optuna's gives); a fit adds the trials finished since the
-    last one. ``split`` returns what ``optuna.samplers._tpe.sampler._split_trials``
-    returns for a study without constraints (the caller's check) whenever the good set is made of
-    complete trials alone (at least ``n_good`` of them; tested), else None.
+    last one. ``good`` returns the good half of what
+    ``optuna.samplers._tpe.sampler._split_trials`` returns for a study without
+    constraints (the caller's check) whenever the good set is made of complete
+    trials alone (at least ``n_good`` of them), else None; the bad half is every
+    other trial of the history (both tested).
     """
 
     def __init__(self) -> None:
         self._keys: list[tuple[float, int]] = []  # (value, number), best first
         self._trials: dict[int, FrozenTrial] = {}
 
-    def split(
-        self, study: Any, history: list[FrozenTrial], n_good: int
-    ) -> tuple[list[FrozenTrial], list[FrozenTrial]] | None:
-        good = self.good(study, history, n_good)
-        if good is None:
-            return None
-        good_numbers = {t.number for t in good}
-        bad = [t for t in history if t.number not in good_numbers]
-        return good, bad
-
     def good(self, study: Any, new: Sequence[FrozenTrial], n_good: int) -> list[FrozenTrial] | None:
         """The good trials (in number order) after adding the complete ones of
-        ``new`` (trials seen before are skipped), or None as for ``split``."""
+        ``new`` (trials seen before are skipped), or None."""
         if len(study.directions) != 1:
             return None  # multi-objective TPE ranks by non-domination
         sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
@@ -462,7 +454,7 @@ def estimator_log_pdf(estimator: Any, samples: dict[str, np.ndarray]) -> np.ndar
         return estimator.log_pdf(samples)
     x = estimator._transform(samples)
     weights = np.asarray(mix.weights, dtype=np.float64)
-    n, n_kernels = len(x), len(weights)
+    n = len(x)
     with np.errstate(divide="ignore"):
         acc = np.repeat(np.log(weights)[None, :], n, axis=0)
     outside = np.zeros(n, dtype=bool)
@@ -496,8 +488,6 @@ def estimator_log_pdf(estimator: Any, samples: dict[str, np.ndarray]) -> np.ndar
             )
             acc += mass[inverse.reshape(-1)]
             acc -= norm[None, :]
-    if acc.shape != (n, n_kernels):  # pragma: no cover - a layout this does not know
-        return estimator.log_pdf(samples)
     top = acc.max(axis=1)
     top[np.isneginf(top)] = 0.0
     acc -= top[:, None]
