@@ -38,6 +38,14 @@ def run(tree: Path, args: list[str], out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def _short(rev: str) -> str:
+    out = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", rev],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base", required=True, help="the commit to compare against")
@@ -46,14 +54,7 @@ def main() -> None:
     parser.add_argument("bench_args", nargs=argparse.REMAINDER)
     a = parser.parse_args()
     bench_args = [x for x in a.bench_args if x != "--"]
-    base_rev = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", a.base],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    head_rev = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    base_rev, head_rev = _short(a.base), _short("HEAD")
     runs, ratios = [], []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"

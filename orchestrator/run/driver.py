@@ -202,8 +202,7 @@ class Driver:
             # store slower than the workers cannot build an unbounded backlog
             # of finished, unsaved work that a killed driver would lose (a
             # group commit's buffer does not count: it holds at most a group).
-            open_trials = len(self.ledger.trials) + self.committer.unsaved
-            want_ask = bool(to_ask) and open_trials < self.in_flight
+            want_ask = bool(to_ask) and self._open_trials() < self.in_flight
             t0 = time.perf_counter()
             events = self.feeder.poll(timeout=self._poll_timeout(want_ask))
             timing["wait"] += time.perf_counter() - t0
@@ -253,8 +252,8 @@ class Driver:
                     self.ask_s.append(elapsed)
                     to_ask -= 1
                     spent += elapsed
-                    open_trials = len(self.ledger.trials) + self.committer.unsaved
-                    if not to_ask or open_trials >= self.in_flight or spent >= ASK_PASS_S:
+                    full = self._open_trials() >= self.in_flight
+                    if not to_ask or full or spent >= ASK_PASS_S:
                         break
                 self.feeder.pump()
         self.feeder.log_counts()
@@ -267,6 +266,11 @@ class Driver:
         self._check_store(summary, done | self.told)
         summary.best = _best(study, summary.stored_numbers)
         return summary
+
+    def _open_trials(self) -> int:
+        """Trials in flight: running, or finished and waiting for their store
+        write (a group commit's buffer excepted; see the loop)."""
+        return len(self.ledger.trials) + self.committer.unsaved
 
     def _check_store(self, summary: RunSummary, expected: set[int]) -> None:
         """The summary is read from the store, not from what was told: a trial
