@@ -28,6 +28,7 @@ from workers.jobs import (
     chat,
 )
 from workers.models import LoadedModel, ModelLoadError, ModelSpec, load_model
+from workers.steering.context import steer
 
 __all__ = [
     "Intervention",
@@ -45,4 +46,5 @@ __all__ = [
     "chat",
     "load_model",
     "optimize",
+    "steer",
 ]

@@ -72,6 +72,10 @@ class Codec:
 class LoadedModel(Codec):
     """A frozen causal LM with its tokenizer and decoder blocks resolved.
 
+    Wrap a model you loaded yourself with ``LoadedModel(model, tokenizer)``
+    (it is put in eval mode and its weights are frozen, in place) to
+    optimize vectors on it with :func:`workers.optimize`.
+
     Attributes: ``model`` (the ``*ForCausalLM``), ``tokenizer``, ``layers``
     (the ``ModuleList`` of blocks), ``n_layers``, ``d_model``, ``vocab_size``,
     ``max_context`` (tokens), ``model_id`` and ``revision`` (for result records).
@@ -82,16 +86,21 @@ class LoadedModel(Codec):
         model: Any,
         tokenizer: Any,
         *,
-        model_id: str,
+        model_id: str | None = None,
         revision: str = "unknown",
         layers_path: str | None = None,
     ) -> None:
+        # A model the caller loaded: named by where it was loaded from.
+        model_id = model_id or str(
+            getattr(model.config, "_name_or_path", "") or type(model).__name__
+        )
         super().__init__(tokenizer, model_id=model_id, max_context=context_of(model.config))
         model.eval()
         for param in model.parameters():
             param.requires_grad_(False)
         self.model: Any = model
         self.layers = resolve_layers(model, layers_path)
+        self.layers_path = layers_path
         self.revision = revision
         config = model.config
         self.n_layers = len(self.layers)

@@ -3,7 +3,10 @@ its weights (so a study is checked before any actor loads the model)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +39,35 @@ def load_model(spec: ModelSpec | str) -> LoadedModel:
         ModelLoadError: the model cannot be found, read, or placed.
         LayerResolutionError: its decoder blocks cannot be found.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     if isinstance(spec, str):
         spec = ModelSpec(spec)
+    if spec.progress:
+        return _load(spec)
+    with quiet_loading():
+        return _load(spec)
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No progress bars while a model loads: transformers' own are switched
+    off, and bars that libraries draw with tqdm on standard error (the GGUF
+    conversion's) go nowhere. Log records still reach their handlers, which
+    hold the stream they were built with."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def _load(spec: ModelSpec) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     device = pick_device(spec.device)
     dtype = pick_dtype(spec.dtype, device)
     if spec.name.startswith(TINY_PREFIX):

@@ -32,7 +32,8 @@ class ModelSpec:
     ``name`` is a bundled model name (``smollm2-135m-instruct``), a local
     directory, a ``.gguf`` file, or a hub id. ``dtype`` ``"auto"`` means
     bfloat16 on a GPU and float32 on the CPU. ``device`` ``"auto"`` picks CUDA
-    when available.
+    when available. ``progress``: whether loading may draw progress bars
+    (``steer-sweep -q`` turns them off, on the actors too).
     """
 
     name: str
@@ -42,6 +43,7 @@ class ModelSpec:
     trust_remote_code: bool = False
     layers_path: str | None = None
     cache_dir: str | None = None
+    progress: bool = True
 
 
 @dataclass(frozen=True)
