@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +37,6 @@ from orchestrator.store import Study
 from orchestrator.store.reader import fixed_list_to_numpy
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from workers.jobs import Prompt
     from workers.models import LoadedModel, ModelSpec
     from workers.steering.vectors import SteeringVector
@@ -57,6 +55,13 @@ class TryVector:
     vector: SteeringVector
     model: str  # a bundled name, path or hub id: what load_model takes
     label: str  # e.g. "study s, trial 3, layer 12, add"
+    # Further per-layer directions applied together with ``vector`` (a
+    # llama.cpp control vector holds one direction per layer).
+    extra_layers: tuple[SteeringVector, ...] = ()
+
+    @property
+    def parts(self) -> tuple[SteeringVector, ...]:
+        return (self.vector, *self.extra_layers)
 
 
 @dataclass(frozen=True)
@@ -125,20 +130,14 @@ def stored_vectors(study: Study, vector_ids: Sequence[str]) -> list[TryVector]:
     return out
 
 
-def ranked_complete(frame: pd.DataFrame) -> pd.DataFrame:
-    """The vectors of COMPLETE trials of a ``joined_frame``, best first: by
-    the trial's objective, then transfer success (what ``steer-sweep best``
-    lists and ``try --best`` tries)."""
-    frame = frame[frame["trial_state"] == "COMPLETE"]
-    return frame.sort_values(["trial_value", "transfer_success"], ascending=False)
-
-
 def best_vector_ids(study: Study, n: int) -> list[str]:
-    """The ``n`` best vectors of COMPLETE trials (:func:`ranked_complete`)."""
-    frame = study.joined_frame()
-    if frame.empty:
+    """The ``n`` best vectors of COMPLETE trials, by the one ranking
+    (``orchestrator.ranking``: what ``steer-sweep best`` lists)."""
+    from orchestrator.ranking import rank_vectors
+
+    if not study.vectors.count_rows():
         raise TryError(f"study {study.name!r} has no vectors yet")
-    top = ranked_complete(frame).head(n)
+    top = rank_vectors(study).head(n)
     if top.empty:
         raise TryError(f"study {study.name!r} has no vectors from a COMPLETE trial yet")
     return [str(v) for v in top["vector_id"]]
@@ -149,7 +148,8 @@ def file_vectors(
 ) -> list[TryVector]:
     """Vectors from a safetensors file (``steer-sweep export`` or ``optimize --out``),
     added at ``layer`` (else the layer the file records) for ``model`` (else the
-    model it records). ``name`` picks one tensor of a file that holds several."""
+    model it records). ``name`` picks one tensor of a file that holds several.
+    A ``.gguf`` file is a llama.cpp control vector (:func:`gguf_vector`)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -158,6 +158,10 @@ def file_vectors(
     p = Path(path)
     if not p.is_file():
         raise TryError(f"--vector {p}: no such file")
+    if p.suffix == ".gguf":
+        if name is not None:
+            raise TryError(f"--vector {p} is one control vector: name no tensor ({name!r})")
+        return [gguf_vector(p, layer=layer, model=model)]
     try:
         tensors = load_file(str(p))
         meta = _safetensors_metadata(p)
@@ -185,6 +189,39 @@ def file_vectors(
         sv = SteeringVector(key, vec, (int(lay),))
         out.append(TryVector(sv, str(mod), f"{key} (file {p.name}, layer {lay}, add)"))
     return out
+
+
+def gguf_vector(path: Path, *, layer: int | None, model: str | None) -> TryVector:
+    """A llama.cpp control vector (``export --format gguf``, repeng) as one
+    vector to try: every direction at its own layer, applied together.
+    ``layer`` moves a one-direction file; ``model`` (else the file's model
+    hint) is the model to load."""
+    from orchestrator.store import read_control_vector
+    from workers.steering.vectors import SteeringVector
+
+    try:
+        cv = read_control_vector(path)
+    except ValueError as exc:
+        raise TryError(f"--vector {exc}") from None
+    directions = cv.directions
+    if layer is not None:
+        if len(directions) > 1:
+            raise TryError(
+                f"--vector {path} holds directions for layers {', '.join(map(str, directions))}; "
+                "--layer moves a file of one direction only"
+            )
+        directions = {layer: next(iter(directions.values()))}
+    mod = model if model is not None else cv.model_hint
+    if mod is None:
+        raise TryError(f"--vector {path} does not say its model; give --model M")
+    layers = list(directions)
+    first = directions[layers[0]]
+    if all(np.array_equal(first, directions[x]) for x in layers):
+        parts = [SteeringVector(cv.vector_id, first, tuple(layers))]
+    else:
+        parts = [SteeringVector(f"{cv.vector_id}@{x}", directions[x], (x,)) for x in layers]
+    where = f"file {path.name}, layer {','.join(map(str, layers))}, add"
+    return TryVector(parts[0], str(mod), f"{cv.vector_id} ({where})", tuple(parts[1:]))
 
 
 def _safetensors_metadata(path: Path) -> dict[str, str]:
@@ -225,10 +262,16 @@ def _model_name(study: Study) -> str:
 
 
 def model_spec_for(
-    study: Study | None, model: str, dtype: str | None, device: str | None
+    study: Study | None,
+    model: str,
+    dtype: str | None,
+    device: str | None,
+    *,
+    progress: bool = True,
 ) -> ModelSpec:
     """The study's stored model settings (dtype, revision, layers path), with
-    ``dtype``/``device`` overriding; ``auto`` where nothing is said."""
+    ``dtype``/``device`` overriding; ``auto`` where nothing is said.
+    ``progress``: loading bars (off under ``steer-sweep -q``)."""
     from workers.models import ModelSpec
 
     m: dict[str, Any] = ((study.config() or {}).get("model") or {}) if study is not None else {}
@@ -239,6 +282,7 @@ def model_spec_for(
         revision=m.get("revision"),
         trust_remote_code=bool(m.get("trust_remote_code", False)),
         layers_path=m.get("layers_path"),
+        progress=progress,
     )
 
 
@@ -297,18 +341,19 @@ def load(spec: ModelSpec) -> LoadedModel:
 
 def check_fits(lm: LoadedModel, tv: TryVector) -> None:
     """The vector's width and layers fit the loaded model."""
-    d = int(np.asarray(tv.vector.vector).shape[0])
-    if d != lm.d_model:
-        raise TryError(
-            f"vector {tv.vector.vector_id} is {d} wide but {lm.model_id} has d_model {lm.d_model}; "
-            "give the model it was trained on (--model)"
-        )
-    for layer in tv.vector.layers:
-        if not 0 <= layer < lm.n_layers:
+    for part in tv.parts:
+        d = int(np.asarray(part.vector).shape[0])
+        if d != lm.d_model:
             raise TryError(
-                f"vector {tv.vector.vector_id} is at layer {layer}; {lm.model_id} has layers "
-                f"0-{lm.n_layers - 1}"
+                f"vector {part.vector_id} is {d} wide but {lm.model_id} has d_model "
+                f"{lm.d_model}; give the model it was trained on (--model)"
             )
+        for layer in part.layers:
+            if not 0 <= layer < lm.n_layers:
+                raise TryError(
+                    f"vector {part.vector_id} is at layer {layer}; {lm.model_id} has layers "
+                    f"0-{lm.n_layers - 1}"
+                )
 
 
 def continuations(
@@ -322,30 +367,53 @@ def continuations(
     seed: int = 0,
     batch_size: int = 16,
 ) -> list[Continuation]:
-    """Steered and unsteered continuations of each prompt."""
+    """Steered and unsteered continuations of each prompt; the vector is
+    applied with :func:`workers.steer`, as a user would apply it."""
+    import contextlib
+
     import torch
 
     from workers.evaluation.transfer import decoded
+    from workers.steering.context import steer
     from workers.steering.generate import Sampling, greedy_decode
-    from workers.steering.vectors import VectorRows
 
     check_sampling(scale, temperature)
     check_fits(lm, tv)
     ids = [lm.encode_prompt(p) for p in prompts]
-    vec = replace(tv.vector, vector=np.asarray(tv.vector.vector, np.float32) * np.float32(scale))
-    rows = VectorRows(lm, [vec]) if scale != 0 else None
 
     def sampling() -> Sampling:
         gen = torch.Generator(device=lm.device).manual_seed(seed)
         return Sampling(temperature, gen if temperature > 0 else None)
+
+    def steered_by() -> contextlib.AbstractContextManager[Any]:
+        if scale == 0:  # nothing to apply (a clamp by a zero vector has no direction)
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for part in tv.parts:
+            stack.enter_context(
+                steer(
+                    lm.model,
+                    part.vector,
+                    list(part.layers),
+                    scale=scale,
+                    intervention=part.intervention,
+                    tokens=part.tokens,
+                    layers_path=lm.layers_path,
+                    factors=part.factors,
+                )
+            )
+        return stack
 
     plain_s, steer_s = sampling(), sampling()
     out: list[Continuation] = []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start : start + batch_size]
         plain = greedy_decode(lm, chunk, tokens, sampling=plain_s)
-        steer = rows.rows([0] * len(chunk), [len(c) for c in chunk]) if rows else None
-        steered = greedy_decode(lm, chunk, tokens, steer, sampling=steer_s) if steer else plain
+        if scale == 0:
+            steered = plain
+        else:
+            with steered_by():
+                steered = greedy_decode(lm, chunk, tokens, sampling=steer_s)
         for k, (u, s) in enumerate(zip(plain, steered, strict=True)):
             du, ds = decoded(lm, u), decoded(lm, s)
             out.append(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from orchestrator import commands as C
+from orchestrator.ranking import RULE
 
 EXIT_INTERRUPTED = 130
 
@@ -38,11 +39,29 @@ def _count(text: str) -> int:
     return value
 
 
-def _root_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", help="study name")
-    p.add_argument("--root", help="store root: a folder, file:///path or s3://bucket/prefix")
-    p.add_argument("--config", help="read the store root from this study YAML instead")
+STUDY_HELP = "study name, or its study YAML (which also gives the store root)"
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    """Where a read command finds the study's store."""
+    p.add_argument(
+        "--root",
+        help=f"store root: a folder, file:///path or s3://bucket/prefix (default: the study "
+        f"YAML's store.root, else ${C.ROOT_ENV})",
+    )
+    p.add_argument("--config", help="read the store root from this study YAML")
     p.add_argument("--endpoint-url", help="S3 endpoint (MinIO, Ceph); else AWS_ENDPOINT_URL")
+
+
+def _read_command(
+    sub: argparse._SubParsersAction, name: str, summary: str, description: str = ""
+) -> argparse.ArgumentParser:
+    """A subcommand that reads one stored study: its study argument and store flags."""
+    p = sub.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}. "
+                       + description)  # fmt: skip
+    p.add_argument("study", help=STUDY_HELP)
+    _store_args(p)
+    return p
 
 
 def _optimize_args(sub: argparse._SubParsersAction) -> None:
@@ -100,15 +119,16 @@ def _try_args(sub: argparse._SubParsersAction) -> None:
             "Load the study's model, apply a stored vector as it was trained (intervention, "
             "layers, token selection) and print the steered and unsteered continuations of "
             "each prompt (greedy unless --temperature). Without --prompt or --file, the "
-            "study's first held-out prompts. With --vector FILE.safetensors, no study: the "
-            "file's vector is added at --layer for --model."
+            "study's first held-out prompts. With --vector FILE (.safetensors, or a .gguf "
+            "llama.cpp control vector), no study: the file's vector is added at the layer it "
+            "records (or --layer) for the model it records (or --model)."
         ),
     )
-    p.add_argument("study", nargs="?", help="study name (not with --vector)")
-    p.add_argument("vector_id", nargs="?", help="the vector to apply (or --best N)")
-    p.add_argument("--root", help="store root: a folder, file:///path or s3://bucket/prefix")
-    p.add_argument("--config", help="read the store root from this study YAML instead")
-    p.add_argument("--endpoint-url", help="S3 endpoint (MinIO, Ceph); else AWS_ENDPOINT_URL")
+    p.add_argument("study", nargs="?", help=STUDY_HELP + " (not with --vector)")
+    p.add_argument(
+        "vector_id", nargs="?", help="the vector to apply (or --best N); before or after options"
+    )
+    _store_args(p)
     p.add_argument("--best", type=_count, default=None, help="the N best vectors, in turn")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--file", type=Path, default=None, help="prompts, one per line")
@@ -123,7 +143,12 @@ def _try_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=_finite, default=0.0, help="0: greedy; >0 samples")
     p.add_argument("--seed", type=int, default=0, help="the sampling seed")
     p.add_argument("--json", action="store_true", help="one JSON object per vector")
-    p.add_argument("--vector", type=Path, default=None, help="a safetensors file instead")
+    p.add_argument(
+        "--vector",
+        type=Path,
+        default=None,
+        help="a vector file instead of a study: safetensors, or a GGUF control vector",
+    )
     p.add_argument("--layer", type=int, default=None, help="with --vector: the layer")
     p.add_argument("--model", default=None, help="with --vector: the model (else the study's)")
     p.add_argument("--dtype", default=None, help="default: the study's, else auto")
@@ -155,10 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="steer-sweep", description="Distributed sweeps of one-shot LLM steering vectors."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors: no progress bars"
+    )
+    parser.add_argument("--version", action="version", version=f"steer-sweep {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
+    p: argparse.ArgumentParser = sub.add_parser(
         "run",
         help="run or resume a study",
         description=(
@@ -190,47 +218,62 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(func=C.cmd_check)
 
-    p = sub.add_parser("status", help="trials and vectors of a study, from the store")
-    _root_args(p)
+    p = _read_command(
+        sub,
+        "status",
+        "trials and vectors of a study, from the store",
+        "Whether a run holds the study now, the count of trials by state and of vectors, and "
+        "the last trials with their values and parameters.",
+    )
     p.add_argument("--last", type=_count, default=10, help="show the last N trials")
     p.set_defaults(func=C.cmd_status)
 
-    p = sub.add_parser("best", help="the best vectors of a study, from the store")
-    _root_args(p)
-    p.add_argument("--top", type=_count, default=10)
+    p = _read_command(sub, "best", "the best vectors of a study, from the store", RULE)
+    p.add_argument("--top", type=_count, default=10, help="how many vectors to list")
     p.set_defaults(func=C.cmd_best)
 
-    p = sub.add_parser(
+    p = _read_command(
+        sub,
         "report",
-        help="write report.html (PNG figures) and summary.parquet, from the store",
-        description=(
-            "Read a study from the store only (never a running study) and write report.html, "
-            "its figures under figures/ and summary.parquet to --out."
-        ),
+        "write report.html (PNG figures) and summary.parquet, from the store",
+        "Reads a study from the store only (never a running study) and writes report.html, "
+        "its figures under figures/ and summary.parquet to --out.",
     )
-    _root_args(p)
     p.add_argument("--out", help="output folder (default: report-STUDY)")
     p.add_argument("--top", type=_count, default=10, help="vectors in the top table and similarity")
     p.add_argument("--embed", action="store_true", help="inline the PNGs: one self-contained file")
     p.set_defaults(func=C.cmd_report)
 
-    p = sub.add_parser("compact", help="merge a study's small Parquet files")
-    _root_args(p)
+    p = _read_command(
+        sub,
+        "compact",
+        "merge a study's small Parquet files",
+        "Rewrites each table's per-trial files as a few large ones; every query gives the "
+        "same rows before and after. Safe beside a running study.",
+    )
     p.set_defaults(func=C.cmd_compact)
 
-    p = sub.add_parser(
-        "export", help="write vectors as safetensors or llama.cpp GGUF control vectors"
+    p = _read_command(
+        sub,
+        "export",
+        "write vectors as safetensors or llama.cpp GGUF control vectors",
+        "Vector ids may come before or after the options; --best N adds the N best "
+        "vectors that can be exported (the ranking of `steer-sweep best`).",
     )
-    _root_args(p)
     p.add_argument("vector_ids", nargs="*", help="vector ids (before or after the options)")
     p.add_argument(
         "--best", type=_count, default=None, help="also export the N best exportable vectors"
     )
     p.add_argument("--format", choices=["safetensors", "gguf"], default="safetensors")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (or a file name)")
     p.set_defaults(func=C.cmd_export)
 
-    p = sub.add_parser("submit", help="submit a study to a Ray cluster (wraps `ray job submit`)")
+    p = sub.add_parser(
+        "submit",
+        help="submit a study to a Ray cluster (wraps `ray job submit`)",
+        description="Submit `steer-sweep run CONFIG` as a Ray job: the working dir is "
+        "uploaded, and the job's driver runs on the cluster (watch it in the dashboard).",
+    )
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.add_argument(
@@ -252,16 +295,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse the command line. ``export`` takes its vector ids before or after
-    its options (``export STUDY --root R ID``); other extra words are errors."""
+    """Parse the command line. ``export`` and ``try`` take their positional
+    words (vector ids; the study and vector id) before or after their
+    options (``export STUDY --root R ID``); other extra words are errors."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    words = [e for e in extra if not e.startswith("-")]
+    if extra and len(words) == len(extra) and args.command in ("export", "try"):
+        if args.command == "export":
+            args.vector_ids = [*args.vector_ids, *words]
+            return args
+        given = [w for w in (args.study, args.vector_id) if w is not None] + words
+        if len(given) <= 2:
+            args.study, args.vector_id = (given + [None, None])[:2]
+            return args
     if extra:
-        if args.command == "export" and not any(e.startswith("-") for e in extra):
-            args.vector_ids = [*args.vector_ids, *extra]
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("steer-sweep")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -278,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # botocore at DEBUG would print request headers, session tokens included.
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # a line per file written
     from orchestrator.datasets import DatasetError
     from orchestrator.run.committer import StoreUnavailable
     from orchestrator.run.preflight import PreflightError

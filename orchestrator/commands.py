@@ -21,34 +21,62 @@ class BadInput(ValueError):
     """An error in what the user typed or configured."""
 
 
-def _root(args: argparse.Namespace) -> tuple[str, str | None]:
-    """The store root and endpoint: from --root, else from the study YAML."""
-    if getattr(args, "root", None):
-        return args.root, getattr(args, "endpoint_url", None)
-    if getattr(args, "config", None):
-        from orchestrator.study.config import load_config
+ROOT_ENV = "STEER_SWEEP_ROOT"
+"""The store root of read commands given neither ``--root`` nor a study YAML."""
 
-        cfg = load_config(args.config)
-        return cfg.store.root, cfg.store.endpoint_url
-    raise BadInput("give --root (a store path or s3://bucket/prefix) or --config STUDY.yaml")
+
+def is_study_file(text: str | None) -> bool:
+    """A study argument that names a study YAML rather than a study."""
+    return bool(text) and (str(text).endswith((".yaml", ".yml")) or Path(str(text)).is_file())
+
+
+def study_location(args: argparse.Namespace) -> tuple[str, str, str | None]:
+    """The study a read command names, and its store: ``(name, root, endpoint)``.
+
+    The study is a name, or a study YAML (its ``name`` and ``store``). The
+    root is ``--root``, else the YAML's (the study argument's, or
+    ``--config``'s), else ``$STEER_SWEEP_ROOT``."""
+    import os
+
+    from orchestrator.study.config import load_config
+
+    name, root, endpoint = args.study, args.root, args.endpoint_url
+    for path in (args.study if is_study_file(args.study) else None, args.config):
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            raise BadInput(f"{path}: no such study file")
+        cfg = load_config(path)
+        if path == args.study:
+            name = cfg.name
+        root = root or cfg.store.root
+        endpoint = endpoint or cfg.store.endpoint_url
+    root = root or os.environ.get(ROOT_ENV)
+    if not root:
+        raise BadInput(
+            f"which store? give --root (a folder, file:///path or s3://bucket/prefix), set "
+            f"${ROOT_ENV}, or name the study by its YAML file (its store.root is used)"
+        )
+    return name, root, endpoint
 
 
 def _open(args: argparse.Namespace) -> Any:
     """The study the command names, which must be in the store: a readable
     error (``NoSuchStudy``, ``StoreConfigError``; exit 2) otherwise, before
-    anything is written."""
-    from orchestrator.store import check_store, open_existing_study, resolve_root
+    anything is written. Sets ``args.study`` to the study's name."""
+    from orchestrator.store import check_store, open_study, resolve_root
     from orchestrator.store.schemas import check_study_name
 
-    root, endpoint = _root(args)
+    name, root, endpoint = study_location(args)
     try:
-        check_study_name(args.study)
+        check_study_name(name)
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
     store = resolve_root(root, endpoint_url=endpoint)
     if store.is_s3:
         check_store(store, probe_write=False)  # a missing bucket or bad key, in seconds
-    return open_existing_study(store, args.study)
+    args.study = name
+    return open_study(store, name)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -127,8 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"the store lost {len(summary.rewritten)} trial(s) during the run; they were "
             f"written again: {', '.join(map(str, summary.rewritten[:20]))}"
         )
-    for best in summary.best[:3]:
-        print(f"best trial {best['store_trial']}: values {best['values']} params {best['params']}")
+    print_best_trials(summary.best)
     t = summary.seconds
     print(
         "time (s): "
@@ -137,11 +164,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         + "  [optimize/evaluate: actor seconds; wait: driver waiting on actors; occupancy: "
         "rows holding a job over all rows, first assignment to last outcome]"
     )
-    print(
-        f"results: {summary.store}\n  steer-sweep status {cfg.name} --root {cfg.store.root}"
-        f"\n  steer-sweep best {cfg.name} --root {cfg.store.root}"
-        f"\n  steer-sweep report {cfg.name} --root {cfg.store.root}"
-    )
+    # The study file names the study and its store, unless an override moved them.
+    moved = any(o.split("=", 1)[0] in ("name", "store.root", "store") for o in args.overrides)
+    where = f"{cfg.name} --root {shlex.quote(cfg.store.root)}" if moved else args.config
+    print(f"results: {summary.store}")
+    for command in ("status", "best", "report"):
+        print(f"  steer-sweep {command} {where}")
     if summary.lost:
         shown = ", ".join(map(str, summary.lost[:20])) + (" ..." if len(summary.lost) > 20 else "")
         print(
@@ -191,34 +219,42 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_best(args: argparse.Namespace) -> int:
-    study = _open(args)
-    frame = study.joined_frame()
-    if frame.empty:
-        print(f"study {args.study} in {study.root.uri}: no vectors yet")
-        return EXIT_OK
-    from orchestrator.apply import ranked_complete
+def print_best_trials(best: list[dict[str, Any]], shown: int = 3) -> None:
+    """``run``'s lines on the best trials: the Pareto front, best first by the
+    one ranking (``orchestrator.ranking``); with one objective, the best trial."""
+    if len(best) > 1:
+        more = f"; the first {shown}" if len(best) > shown else ""
+        print(f"Pareto front: {len(best)} trials, best first{more}:")
+    for b in best[:shown]:
+        lead = "  trial" if len(best) > 1 else "best trial"
+        print(f"{lead} {b['store_trial']}: values {b['values']} params {b['params']}")
 
-    top = ranked_complete(frame).head(args.top)
-    cols = [
-        c
-        for c in [
-            "trial",
-            "vector_id",
-            "example_id",
-            "layer",
-            "norm_bound",
-            "loss_kind",
-            "lr",
-            "final_loss",
-            "final_norm",
-            "trial_value",
-            "transfer_success",
-        ]
-        if c in top
-    ]
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from orchestrator.ranking import describe, objectives_of, rank_vectors
+
+    study = _open(args)
+    ranked = rank_vectors(study)
+    if ranked.empty:
+        print(f"study {args.study} in {study.root.uri}: no vectors of a COMPLETE trial yet")
+        return EXIT_OK
+    objectives = objectives_of(study.config())
+    top = ranked.head(args.top)
+    several = len(objectives) > 1
+    cols = ["rank", "trial", *(["front"] if several else [])]
+    cols += ["vector_id", "example_id", "layer", "norm_bound", "loss_kind", "lr"]
+    cols += ["final_loss", "final_norm"]
+    cols += [f"objective_{i}" for i in range(len(objectives))]
+    cols += [f"vector_objective_{i}" for i in range(len(objectives))]
+    n_front = int(ranked.drop_duplicates("trial")["front"].sum())
+    trials = ranked["trial"].nunique()
+    head = f"study {study.name} in {study.root.uri}: {trials} COMPLETE trials ranked"
+    head += f", {n_front} on the Pareto front" if several else ""
+    print(head + " (the rule: steer-sweep best --help)")
+    for line in describe(objectives):
+        print(f"  {line}")
     with _pandas_wide():
-        print(top[cols].to_string(index=False))
+        print(top[[c for c in cols if c in top]].to_string(index=False))
     return EXIT_OK
 
 
@@ -282,11 +318,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         listed = "; ".join(f"{i}: {why}" for i, why in problems.items())
         raise BadInput(f"cannot export from study {study.name!r}: {listed}")
     if args.best:
-        frame = study.joined_frame()
-        frame = frame[frame["trial_state"] == "COMPLETE"].sort_values(
-            "transfer_success", ascending=False
-        )
-        ranked = [i for i in frame["vector_id"] if i not in ids]
+        from orchestrator.ranking import rank_vectors
+
+        ranked = [i for i in rank_vectors(study)["vector_id"] if i not in ids]
         skipped = check_exportable(study, ranked, args.format)
         best: list[str] = []
         for vid in ranked:
@@ -355,7 +389,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if not args.promote and not args.suppress:
         raise BadInput("give at least one --promote or --suppress target")
     started = time.perf_counter()
-    lm = load_model(ModelSpec(args.model, dtype=args.dtype, device=args.device))
+    spec = ModelSpec(args.model, dtype=args.dtype, device=args.device, progress=not args.quiet)
+    lm = load_model(spec)
     log.info(
         "loaded %s (%d layers, d_model %d) in %.1f s on %s",
         lm.model_id,
@@ -468,7 +503,10 @@ def cmd_try(args: argparse.Namespace) -> int:
     loaded: dict[str, Any] = {}
     for tv in vectors:
         if tv.model not in loaded:
-            loaded[tv.model] = A.load(A.model_spec_for(study, tv.model, args.dtype, args.device))
+            spec = A.model_spec_for(
+                study, tv.model, args.dtype, args.device, progress=not args.quiet
+            )
+            loaded[tv.model] = A.load(spec)
         lm = loaded[tv.model]
         try:
             got = A.continuations(

@@ -24,7 +24,7 @@ from orchestrator.report.data import (
     summary_frame,
 )
 from orchestrator.report.history import param_importances
-from orchestrator.report.html import Section, frame_table, render
+from orchestrator.report.html import Section, esc, frame_table, render
 from orchestrator.report.panel_sections import panel_sections
 from orchestrator.report.tables import tables
 
@@ -65,7 +65,7 @@ def build_report(
     st = open_study(root, study, endpoint_url=endpoint_url)
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    data = load_report_data(st, str(root))
+    data = load_report_data(st, st.root.uri)
     summary = summary_frame(data.vectors)
     result = ReportResult(out / "report.html", out / "summary.parquet")
     summary.assign(study=study).to_parquet(result.summary, index=False)
@@ -81,18 +81,23 @@ def build_report(
         figure(
             "transfer_heatmap",
             "Transfer success by layer",
-            F.transfer_heatmap(summary, data.unit),
-            "Mean over the vectors in each cell of their transfer success: the fraction of "
-            f"their held-out rows (every example and metric) that succeeded.{gain} "
-            "Grey: no vectors.",
+            F.transfer_heatmap(summary, data.unit, data.lead),
+            (
+                "Mean over the vectors in each cell of their transfer success: the fraction of "
+                "their held-out rows (every example and metric) that succeeded. "
+                if not data.lead.note
+                else f"{data.lead.note} Mean over the vectors in each cell. "
+            )
+            + f"{gain} Grey: no vectors.",
             _summary_details(summary),
         ),
         figure(
             "vector_success",
             "Transfer success per vector",
             F.vector_success(data),
-            "One bar per vector in rank order (transfer success, then log-probability gain); "
-            "colour: the training example it was optimized on (the shape of the paper's Fig. 2).",
+            "One bar per vector in rank order (the ranking of steer-sweep best: the trial's "
+            "objective, then the vector's own value of it); colour: the training example it "
+            "was optimized on (the shape of the paper's Fig. 2). " + data.lead.note,
         ),
         figure("optuna_history", "Optuna history", F.optuna_history(data)),
     ]
@@ -219,16 +224,21 @@ def _cosine_section(
     labels = [
         f"#{by_id.at[v, 'rank']} {by_id.at[v, 'example_id']} (L{by_id.at[v, 'layer']})" for v in got
     ]
-    fig, median = F.cosine_similarity(labels, matrix)
-    extra = (
-        f"<p><b>median off-diagonal cosine similarity: {median:.3f}</b></p>" if len(got) > 1 else ""
-    )
+    layers = [int(by_id.at[v, "layer"]) for v in got]
+    fig, within, pooled = F.cosine_similarity(labels, matrix, layers)
+    extra = ""
+    if len(got) > 1 and within:
+        per = "; ".join(f"layer {k}: {m:.3f} over {n} pair(s)" for k, (m, n) in within.items())
+        extra = f"<p><b>median cosine similarity within a layer: {pooled:.3f}</b> ({esc(per)})</p>"
+    elif len(got) > 1:
+        extra = "<p>No two of these vectors are at the same layer: no median to compare.</p>"
     return make(
         "cosine_similarity",
         "Cosine similarity of the top vectors",
         fig,
-        "Vectors at different layers live in different residual streams; compare within "
-        "a layer (L). The paper's §3.3 found a median of 0.031 for norm-15 vectors.",
+        "Vectors at different layers live in different residual streams, so the medians "
+        "count pairs at the same layer (L) only; the matrix shows every pair. The paper's "
+        "§3.3 found a median of 0.031 for norm-15 vectors.",
         extra,
     )
 
@@ -252,10 +262,18 @@ def _predictors_section(st: Study, data: ReportData) -> Section:
             f"median {pred.outcome} from the rest with a 5-fold cross-validated ROC-AUC of "
             f"{pred.auc:.3f} ({pred.n} vectors; 0.5 is chance)."
         )
+    left_out = [c for c in P.OUTCOMES if c not in corr.columns]
+    gone = (
+        f"Left out, as their outcome is the same for every vector (or not stored): "
+        f"{', '.join(left_out)}. "
+        if left_out
+        else ""
+    )
     caption = (
-        "Per signal, Spearman's rank correlation with transfer success (spearman) and with "
-        "the target log-probability gain (spearman_gain) over the vectors it is defined for "
-        "(NaN: constant there). final_loss and loss_ratio: the training loss; "
+        "Per signal, Spearman's rank correlation with transfer success (spearman), with "
+        "the target log-probability gain (spearman_gain) and with the vector's own value of "
+        "the first objective (spearman_objective), over the vectors it is defined for "
+        f"(NaN: constant there). {gone}final_loss and loss_ratio: the training loss; "
         "early_drop: the share of the loss drop reached by half the steps; cos_caa and "
         "cos_others: cosine similarity to the CAA vector and to the study's other vectors at "
         "the same layer. " + verdict

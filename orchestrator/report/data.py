@@ -18,6 +18,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orchestrator.ranking import (
+    objectives_of,
+    order_vectors,
+    stored_trial_order,
+    with_trial_values,
+    with_vector_values,
+)
 from orchestrator.store.reader import fixed_list_to_numpy
 
 if TYPE_CHECKING:
@@ -39,12 +46,47 @@ class Objective:
     direction: str  # maximize or minimize
 
 
+@dataclass(frozen=True)
+class Lead:
+    """What the lead figures (the heatmap, the per-vector bars) show:
+    ``column`` of ``vectors`` (``transfer_success``, or ``vector_objective_0``
+    when success is the same for every vector and tells the vectors apart
+    no more), its axis ``label``, its colour ``limits`` (None: from the data)
+    and ``note``, the sentence that says why the objective is shown."""
+
+    column: str = "transfer_success"
+    label: str = "transfer success (probability)"
+    limits: tuple[float, float] | None = (0.0, 1.0)
+    note: str = ""
+
+
+def lead_of(vectors: pd.DataFrame, objectives: list[Objective]) -> Lead:
+    """Transfer success, unless it is one value for every vector while the
+    first objective's per-vector value varies."""
+    if vectors.empty or "vector_objective_0" not in vectors:
+        return Lead()
+    success = vectors["transfer_success"].dropna().unique()
+    own = vectors["vector_objective_0"].dropna()
+    if len(success) != 1 or own.nunique() < 2:
+        return Lead()
+    # The objective's label without its reduce ("mean ...", "median ..."): one vector's own.
+    label = objectives[0].label.split(" ", 1)[-1]
+    note = (
+        f"Transfer success is {float(success[0]):.2f} for every vector, so it tells them "
+        f"apart no more: this figure shows each vector's own {label} instead (the first "
+        "objective's per-vector value, which the ranking uses)."
+    )
+    return Lead("vector_objective_0", label, None, note)
+
+
 @dataclass
 class ReportData:
     """Everything the figures and tables need.
 
     ``vectors``: one row per vector of a COMPLETE or PRUNED trial that has
-    transfer rows, best first (column ``rank`` from 1); ``transfer_success`` is
+    transfer rows, best first by the one ranking (``orchestrator.ranking``:
+    columns ``rank`` from 1, ``trial_rank``, ``front`` and
+    ``vector_objective_i``; PRUNED trials' vectors last); ``transfer_success`` is
     the mean success (0..1) over all its held-out rows, ``logprob_gain`` (see
     ``logprob_gain``) the mean target log-probability gain, in units of the log
     base (NaN without ``target_logprob`` rows). ``trials``: one row per
@@ -59,6 +101,7 @@ class ReportData:
     objectives: list[Objective]
     log_base: float
     notes: list[str] = field(default_factory=list)
+    lead: Lead = field(default_factory=Lead)
 
     @property
     def unit(self) -> str:
@@ -129,11 +172,15 @@ def load_report_data(study: Study, root: str) -> ReportData:
     ]
     frame = frame.merge(logprob_gain(study), on="vector_id", how="left")
     frame["shots"] = shots_of(frame)
+    ranked_by = objectives_of(config)
+    frame = with_trial_values(frame, study.completed_trials(), len(ranked_by))
+    frame = with_vector_values(study, frame, ranked_by)
     if frame.empty:
-        vectors = pd.DataFrame(columns=[*frame.columns, "rank"])
+        vectors = pd.DataFrame(columns=[*frame.columns, "rank", "trial_rank", "front"])
     else:
-        vectors = rank_vectors(frame, objectives[0].direction)
-    return ReportData(study.name, root, config, trials, vectors, objectives, log_base, notes)
+        vectors = order_vectors(frame, stored_trial_order(study, ranked_by), ranked_by)
+    lead = lead_of(vectors[vectors["loss_kind"] != CAA_KIND], objectives)
+    return ReportData(study.name, root, config, trials, vectors, objectives, log_base, notes, lead)
 
 
 def shots_of(frame: pd.DataFrame) -> list[int]:
@@ -184,27 +231,12 @@ def logprob_gain(study: Study) -> pd.DataFrame:
     return t.groupby("vector_id", as_index=False)["logprob_gain"].mean()
 
 
-def rank_vectors(frame: pd.DataFrame, direction: str) -> pd.DataFrame:
-    """Best first: transfer success, then the target log-probability gain,
-    then the trial's objective, then the lower final training loss."""
-    key = frame.assign(
-        _obj=frame["trial_value"] if direction == "maximize" else -frame["trial_value"]
-    )
-    key = key.sort_values(
-        ["transfer_success", "logprob_gain", "_obj", "final_loss", "vector_id"],
-        ascending=[False, False, False, True, True],
-        na_position="last",
-    ).drop(columns="_obj")
-    key = key.reset_index(drop=True)
-    key["rank"] = np.arange(1, len(key) + 1)
-    return key
-
-
 def summary_frame(vectors: pd.DataFrame) -> pd.DataFrame:
     """One row per (loss kind, norm bound, shots, layer): vector and trial
     counts, mean / median / 25th and 75th percentile / max transfer success
     (0..1), mean target log-probability gain and mean final training loss
-    (both in units of the study's log base). ``shots`` is K, the training
+    (both in units of the study's log base), and the mean of the vectors' own
+    values of the first objective (``vector_objective_mean``). ``shots`` is K, the training
     examples per vector (1: one-shot). A missing norm bound (unbounded) is NaN."""
     import pandas as pd
 
@@ -219,6 +251,7 @@ def summary_frame(vectors: pd.DataFrame) -> pd.DataFrame:
         "transfer_success_max",
         "logprob_gain_mean",
         "final_loss_mean",
+        "vector_objective_mean",
     ]
     if vectors.empty:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols}).astype(
@@ -241,6 +274,7 @@ def summary_frame(vectors: pd.DataFrame) -> pd.DataFrame:
         transfer_success_max=("transfer_success", "max"),
         logprob_gain_mean=("logprob_gain", "mean"),
         final_loss_mean=("final_loss", "mean"),
+        vector_objective_mean=("vector_objective_0", "mean"),
     ).reset_index()
     return out[cols].sort_values(SUMMARY_KEYS).reset_index(drop=True)
 

@@ -15,8 +15,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from orchestrator.report.data import CAA_KIND, ReportData
-from orchestrator.report.history import best_so_far, pareto_mask
+from orchestrator.ranking import trial_order
+from orchestrator.report.data import CAA_KIND, Lead, ReportData
+from orchestrator.report.history import best_so_far
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,10 +51,12 @@ def _norm_text(norm: float) -> str:
     )
 
 
-def transfer_heatmap(summary: pd.DataFrame, unit: str) -> Figure | str:
-    """Per layer (columns) for each loss kind and norm bound (rows): mean
-    transfer success and, below it when stored, mean target log-probability
-    gain; each cell shows the mean and its vector count."""
+def transfer_heatmap(summary: pd.DataFrame, unit: str, lead: Lead | None = None) -> Figure | str:
+    """Per layer (columns) for each loss kind and norm bound (rows): the mean
+    of the lead metric (transfer success, or the objective's per-vector
+    value, see :class:`Lead`) and, below it when stored, mean target
+    log-probability gain; each cell shows the mean and its vector count."""
+    lead = lead or Lead()
     if summary.empty:
         return "no vectors with transfer results stored"
     rows = summary[["loss_kind", "norm_bound", "shots"]].drop_duplicates().itertuples(index=False)
@@ -70,12 +73,17 @@ def transfer_heatmap(summary: pd.DataFrame, unit: str) -> Figure | str:
         )
         j = layers.index(int(r.layer))
         success[i, j], gain[i, j], count[i, j] = (
-            r.transfer_success_mean,
+            r.transfer_success_mean
+            if lead.column == "transfer_success"
+            else r.vector_objective_mean,
             r.logprob_gain_mean,
             r.n_vectors,
         )
     fig = new_figure("transfer_heatmap")
-    panels = [(success, "viridis", (0.0, 1.0), SUCCESS_LABEL, "Mean transfer success")]
+    lo, hi = float(np.nanmin(success)), float(np.nanmax(success))
+    limits = lead.limits or (lo, hi if hi > lo else lo + 1e-9)
+    title = f"Mean {lead.label.split(' (')[0]}"
+    panels = [(success, "viridis", limits, lead.label, title)]
     if np.isfinite(gain).any():
         lim = max(float(np.nanmax(np.abs(gain))), 1e-9)
         panels.append(
@@ -128,9 +136,10 @@ def _same(a: object, b: object) -> bool:
 
 
 def vector_success(data: ReportData) -> Figure | str:
-    """Fig. 2's shape: one bar per vector in rank order (transfer success, then
-    log-probability gain), coloured by training example; hatched by loss kind
-    when there are several. A second panel shows the log-probability gain."""
+    """Fig. 2's shape: one bar per vector in rank order (the one ranking) of
+    the lead metric (:class:`Lead`), coloured by training example; hatched
+    by loss kind when there are several. A second panel shows the
+    log-probability gain."""
     v = data.one_shot
     if v.empty:
         return "no vectors with transfer results stored"
@@ -140,7 +149,7 @@ def vector_success(data: ReportData) -> Figure | str:
     colours = [colour[str(e)] for e in v["example_id"]]
     kinds = sorted(v["loss_kind"].astype(str).unique())
     hatches = dict(zip(kinds, ["", "//", "..", "xx", "\\\\"], strict=False))
-    panels = [("transfer_success", SUCCESS_LABEL)]
+    panels = [(data.lead.column, data.lead.label)]
     if v["logprob_gain"].notna().any():
         panels.append(("logprob_gain", f"target log-prob gain ({data.unit})"))
     fig = new_figure("vector_success")
@@ -155,7 +164,8 @@ def vector_success(data: ReportData) -> Figure | str:
         ax.axhline(med, color="black", lw=1, ls="--", label=f"median {med:.2f}")
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylim(0, 1.05)
+    if data.lead.limits is not None:
+        axes[0].set_ylim(data.lead.limits[0], data.lead.limits[1] * 1.05)
     axes[0].set_xlim(-0.6, len(v) - 0.4)
     axes[-1].set_xlabel(f"vectors in rank order ({len(v)} vectors)")
     axes[0].set_title("Transfer per vector, best first (dashed: median)")
@@ -251,11 +261,14 @@ def pareto_front(data: ReportData) -> Figure | str:
         return "single-objective study: no Pareto front"
     t = data.trials
     done = t[(t["state"] == "COMPLETE") & t["values"].notna()]
-    pts = np.array([list(v)[:2] for v in done["values"] if len(v) >= 2], float)
-    if len(pts) == 0:
-        return "no COMPLETE trial with two objective values stored"
+    directions = [o.direction for o in data.objectives]
+    order = trial_order(list(done["trial"]), [list(v) for v in done["values"]], directions)
+    if not order.numbers:
+        return "no COMPLETE trial with every objective value stored"
+    values = {int(n): list(v) for n, v in zip(done["trial"], done["values"], strict=True)}
+    pts = np.array([values[n][:2] for n in order.numbers], float)
+    front = np.array(order.front)
     o1, o2 = data.objectives[:2]
-    front = pareto_mask(pts, [o1.direction, o2.direction])
     fig = new_figure("pareto_front")
     ax = fig.add_subplot()
     ax.scatter(pts[~front, 0], pts[~front, 1], color="tab:blue", alpha=0.6, label="trial")
@@ -263,7 +276,11 @@ def pareto_front(data: ReportData) -> Figure | str:
     ax.plot(f[:, 0], f[:, 1], "o-", color="tab:red", label=f"Pareto front ({len(f)} trials)")
     ax.set_xlabel(f"{o1.label} [{o1.direction}]")
     ax.set_ylabel(f"{o2.label} [{o2.direction}]")
-    extra = f" (first 2 of {len(data.objectives)} objectives)" if len(data.objectives) > 2 else ""
+    extra = (
+        f" of all {len(data.objectives)} objectives, drawn on the first two"
+        if len(data.objectives) > 2
+        else ""
+    )
     ax.set_title("Pareto front" + extra)
     ax.legend()
     ax.grid(alpha=0.3)
@@ -301,14 +318,19 @@ def _vec_label(r: Any) -> str:
     )
 
 
-def cosine_similarity(labels: list[str], matrix: np.ndarray) -> tuple[Figure | str, float]:
-    """Pairwise cosine similarity of ``matrix`` rows ``(n, d_model)`` and the
-    median off-diagonal value (NaN when fewer than two vectors)."""
+def cosine_similarity(
+    labels: list[str], matrix: np.ndarray, layers: list[int]
+) -> tuple[Figure | str, dict[int, tuple[float, int]], float]:
+    """Pairwise cosine similarity of ``matrix`` rows ``(n, d_model)`` (at
+    ``layers``, one per row); per layer with two or more of them, the median
+    over its pairs and their number; and the median over all same-layer
+    pairs (NaN without one). Vectors at different layers act on different
+    residual streams, so only same-layer pairs enter a median."""
     if len(matrix) < 2:
-        return "cosine similarity needs at least two vectors", float("nan")
+        return "cosine similarity needs at least two vectors", {}, float("nan")
     unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
     sim = unit @ unit.T  # (n, n)
-    median = float(np.median(sim[~np.eye(len(sim), dtype=bool)]))
+    within = _within_layer_medians(sim, layers)
     fig = new_figure("cosine_similarity")
     ax = fig.add_subplot()
     im = ax.imshow(sim, cmap="RdBu_r", vmin=-1, vmax=1)
@@ -324,11 +346,34 @@ def cosine_similarity(labels: list[str], matrix: np.ndarray) -> tuple[Figure | s
             fontsize=8,
             color="white" if abs(s) > 0.6 else "black",
         )
-    ax.set_title(
-        f"Cosine similarity of the top {len(labels)} vectors (median off-diagonal {median:.3f})"
-    )
+    pooled = _pooled_median(sim, layers)
+    tail = f"median within a layer {pooled:.3f}" if within else "no two of them at one layer"
+    ax.set_title(f"Cosine similarity of the top {len(labels)} vectors ({tail})")
     fig.colorbar(im, ax=ax, label="cosine similarity (dimensionless)")
-    return fig, median
+    return fig, within, pooled
+
+
+def _same_layer_pairs(layers: list[int]) -> np.ndarray:
+    """``(n, n)`` bool: distinct rows at the same layer, each pair once."""
+    lay = np.asarray(layers)
+    return (lay[:, None] == lay[None, :]) & np.triu(np.ones((len(lay), len(lay)), bool), 1)
+
+
+def _within_layer_medians(sim: np.ndarray, layers: list[int]) -> dict[int, tuple[float, int]]:
+    """Per layer with two or more rows: the median cosine over its pairs, and how many."""
+    pairs = _same_layer_pairs(layers)
+    out = {}
+    for layer in sorted(set(layers)):
+        mine = pairs & (np.asarray(layers) == layer)[:, None]
+        if mine.any():
+            out[int(layer)] = (float(np.median(sim[mine])), int(mine.sum()))
+    return out
+
+
+def _pooled_median(sim: np.ndarray, layers: list[int]) -> float:
+    """The median cosine over every same-layer pair (NaN when there is none)."""
+    pairs = _same_layer_pairs(layers)
+    return float(np.median(sim[pairs])) if pairs.any() else float("nan")
 
 
 def caa_skyline(data: ReportData) -> Figure | str:

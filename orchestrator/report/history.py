@@ -1,5 +1,5 @@
-"""The Optuna side of a report, from stored trials only: best-so-far,
-parameter importances and the Pareto front.
+"""The Optuna side of a report, from stored trials only: best-so-far and
+parameter importances (the Pareto front is the ranking's, ``orchestrator.ranking``).
 
 Importances come from an in-memory Optuna study rebuilt from the stored
 COMPLETE trials (params, distributions, values) and Optuna's PED-ANOVA
@@ -36,19 +36,6 @@ def best_so_far(values: np.ndarray, direction: str) -> np.ndarray:
             best = v
         out[i] = best
     return out
-
-
-def pareto_mask(points: np.ndarray, directions: list[str]) -> np.ndarray:
-    """``points`` is ``(n, k)``; True where no other point is at least as good
-    in every objective and strictly better in one."""
-    signs = np.array([1.0 if d == "maximize" else -1.0 for d in directions])
-    p = points * signs  # now larger is better everywhere
-    mask = np.ones(len(p), bool)
-    for i in range(len(p)):
-        ge = np.all(p >= p[i], axis=1)
-        gt = np.any(p > p[i], axis=1)
-        mask[i] = not np.any(ge & gt)
-    return mask
 
 
 def _distributions(trials: pd.DataFrame) -> dict[str, Any]:

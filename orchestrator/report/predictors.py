@@ -64,8 +64,8 @@ def signals(st: Study, data: ReportData) -> pd.DataFrame:
     v = data.vectors
     caa = v[v["loss_kind"] == CAA_KIND]
     own = v[v["loss_kind"] != CAA_KIND].reset_index(drop=True)
-    keep = ["vector_id", "transfer_success", "logprob_gain", "final_loss", "final_norm", "layer",
-            "shots"]  # fmt: skip
+    keep = ["vector_id", "transfer_success", "logprob_gain", "vector_objective_0", "final_loss",
+            "final_norm", "layer", "shots"]  # fmt: skip
     out = own[keep]
     out = out.copy()
     out["loss_ratio"] = own["final_loss"] / own["initial_loss"].where(own["initial_loss"] != 0)
@@ -98,7 +98,7 @@ def signals(st: Study, data: ReportData) -> pd.DataFrame:
         )
     out["cos_caa"] = cos_caa
     out["cos_others"] = cos_others
-    return out[["vector_id", "transfer_success", "logprob_gain", *SIGNALS]]
+    return out[["vector_id", "transfer_success", "logprob_gain", "vector_objective_0", *SIGNALS]]
 
 
 def early_drop(history: list[float]) -> float:
@@ -119,24 +119,33 @@ def _unit_rows(mat: np.ndarray) -> np.ndarray:
     return mat / np.where(norms > 0, norms, 1.0)
 
 
+OUTCOMES = {
+    "spearman": "transfer_success",
+    "spearman_gain": "logprob_gain",
+    "spearman_objective": "vector_objective_0",
+}
+"""Correlation column: the outcome it ranks the signals against."""
+
+
 def correlations(sig: pd.DataFrame) -> pd.DataFrame:
     """Per signal: the vectors it is defined for and Spearman's rank
-    correlation with transfer success (``spearman``) and with the log-prob
-    gain (``spearman_gain``); NaN where either side is constant."""
+    correlation with transfer success (``spearman``), with the log-prob gain
+    (``spearman_gain``) and with the vector's own value of the first
+    objective (``spearman_objective``); NaN where either side is constant. A
+    column that is NaN for every signal (its outcome is constant or missing:
+    transfer success at 1 for every vector, say) is left out."""
     import pandas as pd
 
     rows = []
     for name in SIGNALS:
         d = sig[[name, "transfer_success"]].dropna()
-        rows.append(
-            {
-                "signal": name,
-                "n_vectors": len(d),
-                "spearman": spearman(sig[name], sig["transfer_success"]),
-                "spearman_gain": spearman(sig[name], sig["logprob_gain"]),
-            }
-        )
-    return pd.DataFrame(rows)
+        row: dict[str, object] = {"signal": name, "n_vectors": len(d)}
+        for col, outcome in OUTCOMES.items():
+            row[col] = spearman(sig[name], sig[outcome])
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    empty = [c for c in OUTCOMES if frame[c].isna().all()]
+    return frame.drop(columns=empty)
 
 
 def spearman(a: pd.Series, b: pd.Series) -> float:

@@ -34,6 +34,12 @@ def tables(st: Study, data: ReportData, top: int) -> list[Section]:
     all_params = sorted(c for c in v.columns if c.startswith("param_") and c not in shown)
     params = [c for c in all_params if v[c].nunique(dropna=False) > 1]
     fixed = [f"{c.removeprefix('param_')} = {v[c].iloc[0]}" for c in all_params if c not in params]
+    several = len(data.objectives) > 1
+    objective_cols = ["front"] if several else []
+    objective_heads = ["on the Pareto front"] if several else []
+    for i, o in enumerate(data.objectives):
+        objective_cols += [f"objective_{i}", f"vector_objective_{i}"]
+        objective_heads += [f"trial objective: {o.label}", "the vector's own value of it"]
     cols = [
         "rank",
         "vector_id",
@@ -45,7 +51,7 @@ def tables(st: Study, data: ReportData, top: int) -> list[Section]:
         "lr",
         "final_loss",
         "final_norm",
-        "trial_value",
+        *objective_cols,
         "transfer_n",
         "transfer_success",
         "logprob_gain",
@@ -62,7 +68,7 @@ def tables(st: Study, data: ReportData, top: int) -> list[Section]:
         "lr",
         f"final loss ({data.unit})",
         "final norm",
-        "trial objective",
+        *objective_heads,
         "held-out rows",
         "transfer success (probability)",
         f"target log-prob gain ({data.unit})",

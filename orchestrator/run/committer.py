@@ -39,7 +39,7 @@ from orchestrator.store import (
     TransferRecord,
     TrialRecord,
     VectorRecord,
-    open_study,
+    study_at,
 )
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ class Committer:
         delay = self.backoff.base_s
         while True:
             try:
-                return open_study(self.writer.root, self.writer.context.study).completed_trials()
+                return study_at(self.writer.root, self.writer.context.study).completed_trials()
             except Exception as exc:
                 # pyarrow raises OSError; an S3 listing raises botocore's errors
                 # (NoSuchBucket, AccessDenied, a dropped connection).

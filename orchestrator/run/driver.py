@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from orchestrator.ranking import trial_order
 from orchestrator.run.committer import Committer, TrialRows
 from orchestrator.run.expand import build_assignment, training_sets
 from orchestrator.run.feeder import Feeder
@@ -39,13 +39,14 @@ from orchestrator.run.screening import ScreenHistory
 from orchestrator.run.surprisal import Scoring, needs_scores
 from orchestrator.store import (
     GenerationRecord,
+    StoredTrial,
     StoreWriter,
     Study,
     StudyLease,
     TransferRecord,
     TrialRecord,
     VectorRecord,
-    open_study,
+    study_at,
     vector_id,
 )
 from orchestrator.study.objectives import Objective, trial_value
@@ -164,7 +165,7 @@ class Driver:
 
     def _run(self) -> RunSummary:
         cfg = self.cfg
-        stored_study = open_study(self.writer.root, cfg.name)
+        stored_study = study_at(self.writer.root, cfg.name)
         stored = stored_study.completed_trials()
         done = {t.number for t in stored}
         summary = RunSummary(cfg.name, self.plan.store_uri, cfg.n_trials, resumed=len(done))
@@ -264,7 +265,6 @@ class Driver:
         summary.latency_ms |= _percentiles_ms("finish_to_tell", self.finish_to_tell_s)
         summary.latency_ms |= _percentiles_ms("ask_to_dispatch", self.ask_to_dispatch_s)
         self._check_store(summary, done | self.told)
-        summary.best = _best(study, summary.stored_numbers)
         return summary
 
     def _open_trials(self) -> int:
@@ -280,6 +280,7 @@ class Driver:
         stored = verified.trials
         summary.stored = len(stored)
         summary.stored_numbers = {t.number for t in stored}
+        summary.best = _best(stored, [o.direction for o in self.objectives])
         summary.states = {}
         for t in stored:
             summary.states[t.state] = summary.states.get(t.state, 0) + 1
@@ -484,35 +485,14 @@ def _percentiles_ms(name: str, values: list[float]) -> dict[str, float]:
     }
 
 
-def _best(study: optuna.Study, stored: set[int]) -> list[dict[str, Any]]:
-    """The best trials among those in the store (Optuna's own best may name a
-    trial the store lost)."""
-    trials = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get(STORE_TRIAL) in stored
-    ]
-    if not trials:
-        return []
-    signs = np.array([1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions])
-    values = np.array([t.values for t in trials], dtype=float) * signs  # larger is better
-    best = [t for t, keep in zip(trials, _front(values), strict=True) if keep]
+def _best(trials: list[StoredTrial], directions: list[str]) -> list[dict[str, Any]]:
+    """The stored trials on the Pareto front (with one objective, the best
+    trial), best first by the one ranking (``orchestrator.ranking``)."""
+    complete = {t.number: t for t in trials if t.state == "COMPLETE"}
+    numbers = list(complete)
+    order = trial_order(numbers, [complete[n].values or [] for n in numbers], directions)
     return [
-        {"store_trial": t.user_attrs.get(STORE_TRIAL), "values": t.values, "params": t.params}
-        for t in sorted(best, key=lambda t: t.number)
+        {"store_trial": n, "values": complete[n].values, "params": complete[n].params}
+        for n, front in zip(order.numbers, order.front, strict=True)
+        if front
     ]
-
-
-def _front(values: np.ndarray) -> np.ndarray:
-    """Rows of ``values`` (n, k), larger is better, that no other row dominates;
-    with one objective, the rows at the maximum."""
-    if values.shape[1] == 1:
-        keep = np.zeros(len(values), dtype=bool)
-        keep[int(np.argmax(values[:, 0]))] = True  # the first best, as Optuna's best_trial
-        return keep
-    keep = np.ones(len(values), dtype=bool)
-    for i, v in enumerate(values):
-        if keep[i]:
-            dominated = np.all(values <= v, axis=1) & np.any(values < v, axis=1)
-            keep &= ~dominated
-    return keep

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 from orchestrator.run.committer import store_unavailable
@@ -23,9 +24,9 @@ from orchestrator.store import (
     StudyLease,
     config_hash,
     load_study_config,
-    open_study,
     redact,
     save_study_config,
+    study_at,
 )
 from orchestrator.store.roots import put_bytes
 from orchestrator.store.study_config import canonical_json
@@ -315,6 +316,10 @@ def _run(
         ) from exc
     lease.start_heartbeat()
     log.info("study %s: results go to %s", config.name, plan.store_uri)
+    if not show_progress:  # the actors load their models without bars too
+        quiet = replace(plan.model_spec, progress=False)
+        scored = plan.surprisal_spec and replace(plan.surprisal_spec, progress=False)
+        plan = replace(plan, model_spec=quiet, surprisal_spec=scored)
     info: dict[str, Any] = {}
     started_pools: list[Any] = []  # what this call started, and so shuts down
     try:
@@ -391,7 +396,7 @@ def _restore_study_files(config: StudyConfig, plan: Plan, writer: StoreWriter) -
     if load_study_config(plan.store, config.name) is None:
         log.error("the store lost the study's config copy; writing it again")
         save_study_config(plan.store, config.name, redact(config.model_dump(mode="json")))
-    if not open_study(plan.store, config.name).files("examples"):
+    if not study_at(plan.store, config.name).files("examples"):
         log.error("the store lost the study's examples table; writing it again")
         writer.write_examples(examples_records(plan))
 

@@ -19,14 +19,19 @@ from orchestrator.store.errors import (
     StoreWriteError,
     StudyConfigMismatch,
 )
-from orchestrator.store.export import check_exportable, export_vectors
+from orchestrator.store.export import (
+    ControlVector,
+    check_exportable,
+    export_vectors,
+    read_control_vector,
+)
 from orchestrator.store.lease import Holder, LeaseHeld, LeaseLost, StudyLease, read_holder
 from orchestrator.store.reader import (
     StoredTrial,
     Study,
     list_studies,
-    open_existing_study,
     open_study,
+    study_at,
 )
 from orchestrator.store.records import (
     ExampleRecord,
@@ -62,6 +67,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TRANSFER_SCHEMA",
     "CleanupReport",
+    "ControlVector",
     "CompactReport",
     "ExampleRecord",
     "GenerationRecord",
@@ -95,8 +101,9 @@ __all__ = [
     "export_vectors",
     "list_studies",
     "load_study_config",
-    "open_existing_study",
+    "study_at",
     "open_study",
+    "read_control_vector",
     "read_holder",
     "redact",
     "resolve_root",

@@ -31,6 +31,7 @@ import json
 import os
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -216,11 +217,81 @@ def _write_gguf(path: Path, row: dict[str, Any], vec: np.ndarray, hint: str, off
     _atomic(path, write)
 
 
+@dataclass(frozen=True)
+class ControlVector:
+    """A llama.cpp control vector read back (:func:`read_control_vector`):
+    ``directions`` maps this project's layer index (the input of block
+    ``l``) to its ``(n_embd,)`` float32 direction; ``model_hint`` is the
+    file's ``controlvector.model_hint``; ``vector_id`` the stored vector's
+    id when steer-sweep wrote the file, else the file's stem."""
+
+    directions: dict[int, np.ndarray]
+    model_hint: str | None
+    vector_id: str
+
+
+def read_control_vector(path: str | os.PathLike[str]) -> ControlVector:
+    """Read a GGUF control vector (written by ``export --format gguf``,
+    repeng's ``export_gguf`` or llama.cpp's tools): ``direction.<il>`` becomes
+    layer ``il`` minus the file's ``steer_sweep.gguf_layer_offset`` (this
+    project's -1 when the file does not say), the inverse of the export.
+
+    Raises:
+        ValueError: the file is not a readable GGUF control vector.
+    """
+    import gguf
+
+    p = Path(path)
+    try:
+        reader = gguf.GGUFReader(str(p))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{p} is not a readable GGUF file ({exc})") from None
+    arch = _gguf_field(reader, "general.architecture")
+    if arch != "controlvector":
+        raise ValueError(f"{p} is a GGUF file of architecture {arch!r}, not a control vector")
+    offset = _gguf_field(reader, "steer_sweep.gguf_layer_offset")
+    offset = PROJECT_TO_LLAMACPP_LAYER if offset is None else int(offset)
+    directions: dict[int, np.ndarray] = {}
+    for tensor in reader.tensors:
+        name = str(tensor.name)
+        if not name.startswith("direction.") or not name[len("direction.") :].isdigit():
+            continue
+        layer = int(name[len("direction.") :]) - offset
+        directions[layer] = np.array(tensor.data, np.float32).reshape(-1)
+    if not directions:
+        raise ValueError(f"{p} holds no direction.<layer> tensors")
+    hint = _gguf_field(reader, "controlvector.model_hint")
+    vid = _gguf_field(reader, "steer_sweep.vector_id")
+    return ControlVector(
+        dict(sorted(directions.items())),
+        None if hint is None else str(hint),
+        str(vid) if vid is not None else p.stem,
+    )
+
+
+def _gguf_field(reader: Any, key: str) -> Any:
+    """A scalar or string field of a GGUF file, or None when it is absent."""
+    import gguf
+
+    field = reader.fields.get(key)
+    if field is None or not field.data:
+        return None
+    value = field.parts[field.data[0]]
+    if field.types and field.types[0] == gguf.GGUFValueType.STRING:
+        return bytes(value).decode("utf-8")
+    return value[0].item() if hasattr(value[0], "item") else value[0]
+
+
 def _atomic(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
         write(tmp)
+        # Writers create their temporary file with their own mode (safetensors
+        # 0600, gguf 0644): every exported file gets a new file's mode instead.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -246,7 +246,34 @@ class Study:
 def open_study(
     root: str | os.PathLike[str] | StoreRoot, study: str, *, endpoint_url: str | None = None
 ) -> Study:
-    """Open ``study`` under ``root`` (``file://``, a path, or ``s3://bucket/prefix``)."""
+    """Open ``study``, which must be in the store under ``root`` (``file://``,
+    a path, or ``s3://bucket/prefix``).
+
+    Raises:
+        NoSuchStudy: the root holds nothing of ``study``; the message lists
+            the studies it does hold (what the command line prints).
+        StoreNameError: ``study`` is not a valid study name.
+    """
+    st = study_at(root, study, endpoint_url=endpoint_url)
+    if exists(st.root, S.config_key(st.name)) or any(st.files(t) for t in S.TABLES):
+        return st
+    others = list_studies(st.root)
+    where = f"no study {study!r} under {st.root.uri}"
+    if others:
+        shown = ", ".join(others[:20]) + (
+            f" (+{len(others) - 20} more)" if len(others) > 20 else ""
+        )
+        raise NoSuchStudy(f"{where}; the studies there are: {shown}")
+    if not st.root.is_s3 and not os.path.isdir(st.root.path("")):
+        raise NoSuchStudy(f"{where}: that folder does not exist; check the store root")
+    raise NoSuchStudy(f"{where}; it holds no studies at all; check the store root")
+
+
+def study_at(
+    root: str | os.PathLike[str] | StoreRoot, study: str, *, endpoint_url: str | None = None
+) -> Study:
+    """``study`` under ``root``, whether or not anything of it is stored yet
+    (for a run that is about to write it); readers use :func:`open_study`."""
     return Study(resolve_root(root, endpoint_url=endpoint_url), study)
 
 
@@ -260,30 +287,6 @@ def list_studies(
     for table in S.TABLES:
         names |= {f[len("study=") :] for f in list_folders(r, table) if f.startswith("study=")}
     return sorted(names)
-
-
-def open_existing_study(
-    root: str | os.PathLike[str] | StoreRoot, study: str, *, endpoint_url: str | None = None
-) -> Study:
-    """:func:`open_study`, for a study that must already be in the store.
-
-    Raises:
-        NoSuchStudy: the root holds nothing of ``study``; the message lists
-            the studies it does hold.
-    """
-    st = open_study(root, study, endpoint_url=endpoint_url)
-    if exists(st.root, S.config_key(st.name)) or any(st.files(t) for t in S.TABLES):
-        return st
-    others = list_studies(st.root)
-    where = f"no study {study!r} under {st.root.uri}"
-    if others:
-        shown = ", ".join(others[:20]) + (
-            f" (+{len(others) - 20} more)" if len(others) > 20 else ""
-        )
-        raise NoSuchStudy(f"{where}; the studies there are: {shown}")
-    if not st.root.is_s3 and not os.path.isdir(st.root.path("")):
-        raise NoSuchStudy(f"{where}: that folder does not exist; check --root")
-    raise NoSuchStudy(f"{where}; it holds no studies at all; check --root")
 
 
 def fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -173,11 +173,12 @@ def test_export_to_an_out_that_is_a_file(
 def test_export_best_skips_and_names_vectors_gguf_cannot_take(
     tmp_path: Path, capsys: pytest.CaptureFixture, store: Path
 ) -> None:
+    from orchestrator.ranking import rank_vectors
     from orchestrator.store import open_study
 
-    frame = open_study(str(store), STUDY).joined_frame()
-    frame = frame.sort_values("transfer_success", ascending=False)
-    ranked = list(frame["vector_id"])
+    # The order is the ranking's (tested on its own in test_ranking); this
+    # test is about what --best skips along it.
+    ranked = list(rank_vectors(open_study(str(store), STUDY))["vector_id"])
     kinds = _ids(store)
     n = len([v for v in ranked if kinds[v] == "add"])
     out = tmp_path / "gguf"

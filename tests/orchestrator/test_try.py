@@ -14,6 +14,7 @@ from cli_checks import assert_one_paragraph
 from reference import reference_greedy
 from sweep_helpers import run_in_process, tiny_config
 
+from orchestrator import apply as A
 from orchestrator import cli
 from orchestrator.run.preflight import prepare
 from orchestrator.store import open_study
@@ -194,3 +195,86 @@ def test_a_wrong_model_is_named_before_anything_is_printed(
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
     assert_one_paragraph(captured.err.splitlines()[-1], "64 wide", "d_model 576")
+
+
+def _steered_by_generate(lm: Any, vec: dict[str, Any], params: dict[str, Any], prompt: Any) -> str:
+    """``model.generate`` (greedy, KV cache) under :func:`workers.steer`, as a
+    user who loaded the model would run it."""
+    import torch
+
+    from workers import steer
+    from workers.evaluation.transfer import decoded
+
+    ids = torch.tensor([lm.encode_prompt(prompt)], device=lm.device)
+    with steer(
+        lm.model,
+        np.asarray(vec["vector"], np.float32),
+        vec["layer"],
+        intervention=vec["intervention"],
+        clamp_coef=params["clamp_coef"],
+        tokens=params["tokens"],
+    ):
+        out = lm.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=TOKENS,
+            do_sample=False,
+            pad_token_id=lm.tokenizer.pad_token_id,
+        )
+    return decoded(lm, out[0, ids.shape[1] :].tolist()).text
+
+
+def test_steer_under_generate_gives_the_stored_generations(study: dict[str, Any]) -> None:
+    lm, st = study["lm"], study["st"]
+    params = {t.number: t.params for t in st.completed_trials()}
+    prompts = dict(A.held_out_prompts(st, 3))
+    gens = st.generations.to_table().to_pylist()
+    seen = set()
+    for g in gens:
+        vec = next(v for v in study["vectors"] if v["vector_id"] == g["vector_id"])
+        p = params[vec["trial"]]
+        got = _steered_by_generate(lm, vec, p, prompts[g["eval_example_id"]])
+        assert got == g["steered_text"], (vec["intervention"], p["tokens"])
+        seen.add((vec["intervention"], p["tokens"]))
+    assert seen == {(i, t) for i in ("add", "clamp") for t in ("all", "prompt")}
+
+
+def test_steer_leaves_no_hook_behind_after_an_exception(study: dict[str, Any]) -> None:
+    import torch
+
+    from workers import steer
+
+    lm = study["lm"]
+    modules = [lm.model, lm.model.base_model, *lm.layers]
+    before = [len(m._forward_pre_hooks) for m in modules]
+    ids = torch.tensor([lm.encode_prompt(chat("Hello"))], device=lm.device)
+    plain = lm.model(ids).logits
+    with pytest.raises(RuntimeError, match="inside the block"):
+        with steer(lm.model, np.ones(lm.d_model, np.float32), [0, 2], scale=3.0, tokens=2):
+            assert not torch.equal(lm.model(ids).logits, plain)  # it steers inside
+            raise RuntimeError("inside the block")
+    assert [len(m._forward_pre_hooks) for m in modules] == before
+    assert torch.equal(lm.model(ids).logits, plain)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"layer": 9}, "out of range"),
+        ({"vector": np.ones(5)}, "5 wide"),
+        ({"intervention": "affine"}, "add' or 'clamp"),
+        ({"tokens": 0}, ">= 1"),
+        ({"tokens": "completion"}, "'all', 'prompt'"),
+    ],
+)
+def test_steer_refuses_bad_arguments_before_hooking(
+    study: dict[str, Any], kwargs: dict[str, Any], needle: str
+) -> None:
+    from workers import steer
+
+    lm = study["lm"]
+    args = {"vector": np.ones(lm.d_model), "layer": 1, **kwargs}
+    with pytest.raises(ValueError, match=needle):
+        with steer(lm.model, args.pop("vector"), args.pop("layer"), **args):
+            pass
+    assert all(not m._forward_pre_hooks for m in lm.layers)

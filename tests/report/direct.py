@@ -3,6 +3,7 @@ pandas, for the tests to compare the report against."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,39 @@ def direct_vectors(root: Path, study: str) -> pd.DataFrame:
 
 
 def direct_top(root: Path, study: str, n: int) -> list[str]:
-    """Ids of the ``n`` best one-shot vectors: by success, then log-prob gain."""
+    """Ids of the ``n`` best one-shot vectors of a one-objective study, by the
+    ranking's rule written out again: COMPLETE trials by value in the
+    objective's direction, ties to the lower number, then PRUNED trials by
+    number; inside a trial, by the vector's own value of the objective (its
+    statistic's mean over its rows of the metric), then the lower final
+    loss, then id."""
+    config = json.loads((root / "_studies" / study / "config.json").read_text())
+    obj = {"metric": "target_logprob", "statistic": "success", "direction": "maximize"}
+    obj |= (config.get("objectives") or [{}])[0]
+    sign = 1.0 if obj["direction"] == "maximize" else -1.0
+    trials = raw_table(root, "trials", study)
+    tr = raw_table(root, "transfer", study)
+    fam = obj["metric"]
+    rows = tr[tr["metric"].str.startswith(fam + ":") | (tr["metric"] == fam)]
+    stat = {
+        "success": rows["success"].astype(float),
+        "steered": rows["steered"],
+        "delta": rows["steered"] - rows["unsteered"],
+    }[obj["statistic"]]
+    own = stat.groupby(rows["vector_id"]).mean()
+    complete = trials[trials["state"] == "COMPLETE"]
+    pairs = zip(complete["value"], complete["trial"], strict=True)
+    ranked = sorted(pairs, key=lambda p: (-sign * p[0], p[1]))
+    pruned = sorted(trials.loc[trials["state"] == "PRUNED", "trial"])
+    place = {int(t): i for i, t in enumerate([t for _, t in ranked] + pruned)}
     v = direct_vectors(root, study)
-    v = v[v["loss_kind"] != "caa"].sort_values(["success", "gain"], ascending=False)
-    return [str(x) for x in v["vector_id"].head(n)]
+    v = v[v["loss_kind"] != "caa"]
+    keys = [
+        (place[int(t)], -sign * own.get(vid, np.nan), loss, vid)
+        for t, vid, loss in zip(v["trial"], v["vector_id"], v["final_loss"], strict=True)
+    ]
+    keys.sort(key=lambda k: (k[0], np.inf if np.isnan(k[1]) else k[1], k[2], k[3]))
+    return [str(k[3]) for k in keys[:n]]
 
 
 def direct_groups(root: Path, study: str) -> dict[str, str]:

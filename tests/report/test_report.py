@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.report import SIZES_PX, build_report, load_report_data
 from orchestrator.report import figures as F
-from orchestrator.report.history import best_so_far, param_importances, pareto_mask
+from orchestrator.report.history import best_so_far, param_importances
 from orchestrator.store import open_study
 from report.direct import direct_top, direct_vectors, raw_table
 
@@ -33,6 +33,10 @@ def test_summary_equals_a_direct_pandas_computation(built) -> None:
     b, res = built
     v = direct_vectors(b.root, b.study)
     assert b.uncommitted_trial not in set(v["trial"])  # the test data does have one
+    tr = raw_table(b.root, "transfer", b.study)
+    lp = tr[tr["metric"].str.startswith("target_logprob:")]
+    own = (lp["steered"] - lp["unsteered"]).groupby(lp["vector_id"]).mean()  # the objective's
+    v = v.assign(own=v["vector_id"].map(own))
     want = (
         v.groupby(KEYS, dropna=False)
         .agg(
@@ -45,6 +49,7 @@ def test_summary_equals_a_direct_pandas_computation(built) -> None:
             transfer_success_max=("success", "max"),
             logprob_gain_mean=("gain", "mean"),
             final_loss_mean=("final_loss", "mean"),
+            vector_objective_mean=("own", "mean"),
         )
         .reset_index()
         .sort_values(KEYS, na_position="last")
@@ -86,8 +91,14 @@ def test_top_vectors_and_cosine_median_follow_the_store(built) -> None:
     m = np.stack([np.asarray(vecs.at[i, "vector"], np.float64) for i in top])
     m /= np.linalg.norm(m, axis=1, keepdims=True)
     sim = m @ m.T
-    median = np.median(sim[~np.eye(len(top), dtype=bool)])
-    assert f"median off-diagonal cosine similarity: {median:.3f}" in page
+    layers = [int(vecs.at[i, "layer"]) for i in top]
+    pairs = [(i, j) for i in range(len(top)) for j in range(i + 1, len(top))]
+    same = [sim[i, j] for i, j in pairs if layers[i] == layers[j]]
+    assert f"median cosine similarity within a layer: {np.median(same):.3f}" in page
+    for layer in sorted(set(layers)):
+        mine = [sim[i, j] for i, j in pairs if layers[i] == layers[j] == layer]
+        if mine:
+            assert f"layer {layer}: {np.median(mine):.3f} over {len(mine)} pair(s)" in page
 
 
 def test_best_vector_rows_show_five_examples_with_prompts(built) -> None:
@@ -121,22 +132,6 @@ def test_multi_objective_study_draws_a_pareto_front(tmp_path: Path, study_factor
     assert "no CAA skyline stored" in res.html.read_text(encoding="utf-8")
 
 
-def test_pareto_mask_keeps_exactly_the_non_dominated_points() -> None:
-    rng = np.random.default_rng(3)
-    pts = rng.uniform(size=(60, 2))
-    mask = pareto_mask(pts, ["maximize", "minimize"])
-    better = pts * np.array([1.0, -1.0])  # larger is better in both columns
-
-    def dominated(i: int) -> bool:
-        return any(
-            np.all(better[j] >= better[i]) and np.any(better[j] > better[i])
-            for j in range(len(pts))
-        )
-
-    assert mask.any()
-    assert [not dominated(i) for i in range(len(pts))] == list(mask)
-
-
 def test_best_so_far_is_the_running_extreme() -> None:
     vals = np.random.default_rng(4).normal(size=30)
     assert np.array_equal(best_so_far(vals, "maximize"), np.maximum.accumulate(vals))
@@ -168,7 +163,12 @@ def test_figures_label_both_axes(tmp_path: Path, study_factory) -> None:
 
 
 def test_empty_study_says_nothing_is_stored(tmp_path: Path) -> None:
+    from orchestrator.store import NoSuchStudy, save_study_config
+
     (tmp_path / "store").mkdir()
+    with pytest.raises(NoSuchStudy, match="no study 'nothing-here'"):  # a typo is not empty
+        build_report(tmp_path / "store", "nothing-here", tmp_path / "out")
+    save_study_config(tmp_path / "store", "nothing-here", {"name": "nothing-here"})
     res = build_report(tmp_path / "store", "nothing-here", tmp_path / "out")
     page = res.html.read_text(encoding="utf-8")
     assert html.escape("No finished trials are stored for study 'nothing-here'") in page
@@ -186,3 +186,22 @@ def test_failed_only_study_lists_the_errors(tmp_path: Path, failed_factory) -> N
         assert html.escape(err) in page
     assert res.figures == {}
     assert len(pd.read_parquet(res.summary)) == 0
+
+
+def test_cosine_medians_count_same_layer_pairs_only() -> None:
+    rng = np.random.default_rng(4)
+    m = rng.normal(size=(7, 16))
+    layers = [2, 2, 5, 2, 5, 9, 5]
+    fig, within, pooled = F.cosine_similarity([str(i) for i in range(7)], m, layers)
+    u = m / np.linalg.norm(m, axis=1, keepdims=True)
+    sim = u @ u.T
+    pairs = {
+        layer: [
+            sim[i, j] for i in range(7) for j in range(i + 1, 7) if layers[i] == layers[j] == layer
+        ]
+        for layer in (2, 5)
+    }
+    assert within == {k: (pytest.approx(float(np.median(p))), len(p)) for k, p in pairs.items()}
+    assert pooled == pytest.approx(float(np.median(pairs[2] + pairs[5])))
+    _, none, nan = F.cosine_similarity(["a", "b"], m[:2], [1, 2])
+    assert none == {} and np.isnan(nan)

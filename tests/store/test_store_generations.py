@@ -17,7 +17,6 @@ from orchestrator.store import (
     GenerationRecord,
     StoreWriter,
     compact,
-    open_existing_study,
     open_study,
 )
 
@@ -39,7 +38,7 @@ def test_a_version_1_store_opens_reads_and_takes_new_trials(tmp_path: Path) -> N
     shutil.copytree(OLD_STORE, root)
     meta = pq.read_schema(root / "trials/study=old-study/trial-00000000.parquet").metadata
     assert meta[b"steer_sweep.schema_version"] == b"1"  # really the old layout
-    st = open_existing_study(root, "old-study")
+    st = open_study(root, "old-study")
     assert [t.number for t in st.completed_trials()] == [0, 1, 2]
     assert st.generations.count_rows() == 0
     assert st.generations.schema.equals(GENERATIONS_SCHEMA)

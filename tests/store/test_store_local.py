@@ -112,6 +112,11 @@ def test_layer_matrix_and_joined_frame(tmp_path: Path) -> None:
 
 
 def test_empty_study_reads_as_empty_tables(tmp_path: Path) -> None:
+    from orchestrator.store import NoSuchStudy, save_study_config
+
+    with pytest.raises(NoSuchStudy, match="no study 'nothing-here'"):  # a typo is not empty
+        open_study(tmp_path, "nothing-here")
+    save_study_config(tmp_path, "nothing-here", {"name": "nothing-here"})  # begun, no trial yet
     st = open_study(tmp_path, "nothing-here")
     assert st.completed_trials() == []
     assert st.vectors.count_rows() == 0
