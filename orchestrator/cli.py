@@ -340,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("gguf").setLevel(logging.WARNING)  # a line per file written
     from orchestrator.datasets import DatasetError
     from orchestrator.run.committer import StoreUnavailable
+    from orchestrator.run.placement import PlacementTimeout
     from orchestrator.run.preflight import PreflightError
     from orchestrator.store import (
         LeaseHeld,
@@ -358,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  NoSuchStudy, LeaseHeld)  # fmt: skip
     try:
         return int(args.func(args))
-    except (StoreUnavailable, LeaseLost) as exc:
+    except (StoreUnavailable, LeaseLost, PlacementTimeout) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)  # the run stopped; nothing finished is lost

@@ -98,38 +98,46 @@ def cmd_check(args: argparse.Namespace) -> int:
     plan = prepare(cfg, check_store_root=False)
     root = plan.store
     try:
-        if root.is_s3:
-            check_store(root, probe_write=False)  # reachable and readable; run probes a write
-        else:
-            _check_local_root(root.path(""))
+        check_store(root, probe_write=False)  # reachable and writable; run probes an S3 write
     except StoreConfigError as exc:
         raise PreflightError(f"store.root: {exc}") from None
     for line in describe(plan, estimate(plan, load_codec(plan.model_spec), tflops)):
         print(line)
+    print(_placement_line(cfg))
     return 0
 
 
-def _check_local_root(path: str) -> None:
-    """A local store root that exists is a writable folder; one that does not
-    yet has a writable folder above it (``run`` creates it; ``check`` does not)."""
+def _placement_line(cfg: Any) -> str:
+    """``check``'s placement: the pools' request against the cluster named by
+    ``ray.address`` or ``RAY_ADDRESS`` (connected to, never started), else
+    against what a new local cluster on this machine would hold, which
+    cannot grow: a request that does not fit there is refused, as ``run``
+    would refuse it (exit 2)."""
     import os
 
-    from orchestrator.store import StoreConfigError
+    from orchestrator.run import placement
 
-    path = os.path.abspath(path.rstrip("/") or "/")
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise StoreConfigError(f"{path} exists and is not a folder")
-        if not os.access(path, os.W_OK):
-            raise StoreConfigError(f"{path} is not writable by this user")
-        return
-    parent = os.path.dirname(path)
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise StoreConfigError(
-            f"{path} does not exist and cannot be created: {parent} is not a writable folder"
-        )
+    address = cfg.ray.address if cfg.ray.address not in (None, "local") else None
+    address = address or (os.environ.get("RAY_ADDRESS") if cfg.ray.address is None else None)
+    if address:
+        import ray
+
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            return f"placement: not checked: no Ray cluster answers at {address} ({exc})"
+        try:
+            nodes = placement.cluster_nodes()
+        finally:
+            ray.shutdown()
+        why = placement.check(cfg, nodes)
+        if why:
+            return f"placement: warning: {why}; run waits model.placement_timeout_s for room"
+        return f"placement: the actors fit on the cluster at {address}"
+    why = placement.check(cfg, placement.local_nodes(cfg))
+    if why:
+        raise placement.PlacementError(f"{why}. A new local cluster does not grow")
+    return "placement: the actors fit on a new local cluster on this machine"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -368,10 +376,52 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.no_wait:
         cmd.append("--no-wait")
     cmd += ["--", *entry]
+    if not args.dry_run:
+        check_dashboard(args.address)  # before anything is printed or uploaded
     print("$ " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr)
     if args.dry_run:
         return EXIT_OK
     return subprocess.call(cmd)
+
+
+def check_dashboard(address: str, timeout: float = 5.0) -> None:
+    """``address`` answers as a Ray dashboard (its job server), in seconds.
+
+    Raises:
+        BadInput: not an http(s) URL, nothing answers, or what answers is not Ray.
+    """
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url = urllib.parse.urlparse(address)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise BadInput(f"--address {address!r} is not a Ray dashboard URL; give http://HEAD:8265")
+    probe = address.rstrip("/") + "/api/version"
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout) as reply:  # noqa: S310 - http(s) only
+            body = json.loads(reply.read().decode("utf-8", "replace") or "null")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return  # a dashboard with token authentication: `ray job submit` signs in
+        raise BadInput(
+            f"{address} answers, but not as a Ray dashboard (GET /api/version: HTTP "
+            f"{exc.code}); give the dashboard's URL, http://HEAD:8265. Nothing was submitted"
+        ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BadInput(
+            f"no Ray cluster answers at {address} ({reason}); check --address (the "
+            "dashboard's URL, http://HEAD:8265, or a port-forward to it) and that the "
+            "cluster is up. Nothing was submitted"
+        ) from None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or "ray_version" not in body:
+        raise BadInput(
+            f"{address} answers, but not as a Ray dashboard (GET /api/version gave no "
+            "ray_version); give the dashboard's URL, http://HEAD:8265. Nothing was submitted"
+        )
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:

@@ -191,6 +191,7 @@ class RayPool:
         namespace: str,
         placement: str = "default",
         streaming: bool = True,
+        placement_timeout_s: float = 600.0,
     ) -> None:
         from workers.service.actor import remote_worker_class
 
@@ -198,6 +199,8 @@ class RayPool:
         self.size = num_actors
         self.keys: list[int] = []
         self.resources = {"CPU": num_cpus, "GPU": num_gpus}
+        self.label = label
+        self.placement_timeout_s = placement_timeout_s
         # A run id keeps names unique when a resumed driver starts while the
         # actors of a killed one are still being torn down.
         run = uuid.uuid4().hex[:6]
@@ -263,22 +266,39 @@ class RayPool:
         """Wait until the actors that fit in the cluster have loaded their
         model (at least one); returns the ready actors' info.
 
-        Fit is judged by the cluster's total resources, so an actor that
-        waits for a node still to come is not waited for. After the first
-        actor is ready, the others get as long again (at least 10 s) to catch
-        up, since actors placed at the same time load in about the same time.
-        Actors not ready by then join ``keys`` when they start, while the
-        study runs.
+        While no node has room for one actor, the wait is for the cluster to
+        grow (an autoscaler): at most ``placement_timeout_s``, with a line a
+        minute on what it waits for, then :class:`PlacementTimeout`. Once an
+        actor can be placed, loading gets ``timeout`` seconds. Fit is judged
+        by the nodes' total resources, so an actor that waits for a node
+        still to come is not waited for. After the first actor is ready, the
+        others get as long again (at least 10 s) to catch up, since actors
+        placed at the same time load in about the same time. Actors not
+        ready by then join ``keys`` when they start, while the study runs.
         """
         import ray
+
+        from orchestrator.run.placement import PlacementTimeout
 
         started = time.monotonic()
         deadline = started + timeout
         first: float | None = None  # when the first actor was ready
-        while self.probes and len(self.keys) < max(1, self._fit()):
+        unplaced_since: float | None = None  # since when no actor could be placed
+        said = started
+        while self.probes and len(self.keys) < max(1, fit := self._fit()):
             now = time.monotonic()
             if now >= deadline or (first is not None and now >= first + max(10.0, first - started)):
                 break
+            if not self.keys and fit == 0:
+                unplaced_since = unplaced_since if unplaced_since is not None else now
+                waited = now - unplaced_since
+                if waited >= self.placement_timeout_s:
+                    raise PlacementTimeout(self._unplaceable(waited))
+                if now - said >= 60.0:
+                    log.warning("still waiting for room: %s", self._unplaceable(waited))
+                    said = now
+            elif unplaced_since is not None:  # the cluster grew: loading starts now
+                unplaced_since, deadline = None, now + timeout
             ready, _ = ray.wait(list(self.probes), num_returns=1, timeout=1.0)
             for ref in ready:
                 self._probed(ref)
@@ -300,16 +320,27 @@ class RayPool:
             )
         return [self.infos[k] for k in self.keys]
 
-    def _fit(self) -> int:
-        """How many of the actors the cluster's total resources can hold."""
-        import ray
+    def _demand(self) -> Any:
+        from orchestrator.run.placement import Demand
 
-        total = ray.cluster_resources()
-        n = self.size
-        for name, need in self.resources.items():
-            if need > 0:
-                n = min(n, int(total.get(name, 0.0) / need + 1e-9))
-        return n
+        return [Demand(self.label, self.size, dict(self.resources))]
+
+    def _unplaceable(self, waited: float) -> str:
+        from orchestrator.run import placement
+
+        nodes = placement.cluster_nodes()
+        why = placement.explain(self._demand(), nodes, placement.shortfall(self._demand(), nodes))
+        return (
+            f"{why}. Waited {waited:.0f} s of model.placement_timeout_s "
+            f"{self.placement_timeout_s:g}"
+        )
+
+    def _fit(self) -> int:
+        """How many of the actors the cluster's alive nodes can hold, each on one node."""
+        from orchestrator.run import placement
+
+        missing = placement.shortfall(self._demand(), placement.cluster_nodes())
+        return self.size - sum(d.actors for d in missing)
 
     def submit(self, key: int, fn: Call, value: Any, tag: str = "") -> None:
         self.refs[fn(self.actors[key], value)] = (key, tag)

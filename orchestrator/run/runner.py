@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from orchestrator.run import placement
 from orchestrator.run.committer import store_unavailable
 from orchestrator.run.driver import Driver, RunSummary
 from orchestrator.run.pools import Pool, RayPool
@@ -84,6 +85,7 @@ RESOURCE_KEYS: tuple[str, ...] = (
             "inbox_depth",
             "engine",
             "placement",
+            "placement_timeout_s",
         )
     ),
 )
@@ -217,6 +219,7 @@ def _actors(m: ModelConfig, plan: Plan) -> dict[str, Any]:
         "streaming": m.engine == "stream",
         "namespace": plan.config.ray.namespace,
         "placement": m.placement,
+        "placement_timeout_s": m.placement_timeout_s,
     }
 
 
@@ -235,6 +238,34 @@ def check_placement(config: StudyConfig) -> None:
                 "would give its actors no GPU; set gpus_per_actor (1, or a fraction such as "
                 "0.5 to share a GPU), or device: auto"
             )
+
+
+def refuse_unplaceable(config: StudyConfig, *, fresh: bool) -> None:
+    """Compare what the pools ask for with the connected cluster's nodes.
+    A cluster this run started cannot grow: a request it cannot hold is a
+    :class:`PlacementError` now. An existing cluster may (an autoscaler): the
+    pool waits up to ``model.placement_timeout_s`` for its first actor.
+
+    Raises:
+        PlacementError: ``fresh`` and the actors do not fit.
+    """
+    import ray
+
+    if not ray.is_initialized():  # no cluster to compare with (in-process workers)
+        return
+    why = placement.check(config, placement.cluster_nodes())
+    if why is None:
+        return
+    if fresh:
+        ray.shutdown()
+        raise placement.PlacementError(
+            f"{why}. This run started its own local cluster, which does not grow"
+        )
+    log.warning(
+        "%s; waiting up to %.0f s (model.placement_timeout_s) for the cluster to grow",
+        why,
+        config.model.placement_timeout_s,
+    )
 
 
 def make_ray_pool(plan: Plan) -> RayPool:
@@ -289,6 +320,10 @@ def run_study(
     if pool is None:
         check_placement(config)
     plan = prepare(config)
+    if pool is None:  # Ray, and whether it can hold the actors, before anything is written
+        how = connect_ray(config.ray)
+        log.info("ray: %s", how)
+        refuse_unplaceable(config, fresh=how.startswith("new local cluster"))
     lease = StudyLease(plan.store, config.name, stale_s=config.store.lease_stale_s)
     lease.acquire(force=force_lease)  # before anything is written
     try:
@@ -323,7 +358,7 @@ def _run(
     info: dict[str, Any] = {}
     started_pools: list[Any] = []  # what this call started, and so shuts down
     try:
-        if pool is None or (scorer is None and plan.surprisal_spec is not None):
+        if scorer is None and plan.surprisal_spec is not None:
             log.info("ray: %s", connect_ray(config.ray))
         if pool is None:
             pool = make_ray_pool(plan)

@@ -59,13 +59,16 @@ def check_store(
     """Fail fast, with a readable ``StoreConfigError``, if ``root`` is unusable.
 
     ``probe_write`` also writes and deletes a small object under
-    ``<root>/_check/``, so read-only credentials are caught now rather than at
-    the first trial.
+    ``<root>/_check/`` of an S3 root, so read-only credentials are caught now
+    rather than at the first trial. A local root is checked by
+    :func:`check_local_root`, which leaves nothing behind.
     """
     t0 = time.monotonic()
     r = resolve_root(root, endpoint_url=endpoint_url)
-    if r.is_s3:
-        _check_s3(r)
+    if not r.is_s3:
+        check_local_root(r.path(""))
+        return StoreCheck(r.uri, None, None, time.monotonic() - t0)
+    _check_s3(r)
     if probe_write:
         key = f"_check/{uuid.uuid4().hex}.probe"
         try:
@@ -76,6 +79,39 @@ def check_store(
                 f"the store {r.uri} is readable but a test write failed: {_explain(exc, r)}"
             ) from exc
     return StoreCheck(r.uri, r.endpoint_url, r.region, time.monotonic() - t0)
+
+
+def check_local_root(path: str) -> None:
+    """A local root is a folder this user can write in, or can be created: its
+    nearest existing parent is a folder this user can write in. Tested by
+    making and removing a temporary folder there (``os.access`` says yes to
+    root for read-only file systems such as /proc); nothing is left behind.
+
+    Raises:
+        StoreConfigError: not a folder, or not writable.
+    """
+    import tempfile
+
+    path = os.path.abspath(path.rstrip("/") or "/")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = (
+            "exists and is not a folder"
+            if existing == path
+            else f"does not exist and cannot be created: {existing} is a file, not a writable folder"
+        )
+        raise StoreConfigError(f"{path} {what}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".steer-sweep-probe-", dir=existing))
+    except OSError as exc:
+        where = (
+            "is not writable"
+            if existing == path
+            else (f"does not exist and cannot be created: {existing} is not a writable folder")
+        )
+        raise StoreConfigError(f"{path} {where} ({exc.strerror or exc})") from None
 
 
 def _check_s3(r: StoreRoot) -> None:

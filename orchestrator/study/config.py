@@ -112,6 +112,10 @@ class ModelConfig(_Strict):
     # nodes already in use) or "spread" (Ray's SPREAD: across nodes, so a lost
     # node takes as few actors with it as possible).
     placement: Literal["default", "spread"] = "default"
+    # On a cluster that may grow (an autoscaler), how long a run waits for
+    # room for its first actor before it stops (exit 1); a cluster the run
+    # started itself cannot grow, and a request it cannot hold is refused at once.
+    placement_timeout_s: float = Field(600.0, gt=0)
 
 
 SplitName = Literal["train", "transfer"]

@@ -112,3 +112,26 @@ def test_a_store_root_that_cannot_be_a_folder_is_refused(tmp_path, capsys) -> No
 def test_bad_tflops(capsys) -> None:
     code, _, err = _check(capsys, str(REPO / "examples" / "quickstart.yaml"), "--tflops", "0")
     assert code == 2 and "--tflops" in err
+
+
+def test_a_root_on_a_read_only_file_system_is_refused_like_run_refuses_it(capsys) -> None:
+    """/proc: os.access says writable to root, but nothing can be made there."""
+    quick = str(REPO / "examples" / "quickstart.yaml")
+    code, _, err = _check(capsys, quick, "model.name=tiny-random-llama", "search.layer=1",
+                          "store.root=/proc/steer-sweep-store")  # fmt: skip
+    assert code == 2
+    assert_one_paragraph(err, "store.root", "/proc is not a writable folder")
+
+
+def test_an_unreachable_hub_is_one_quick_paragraph(capsys, monkeypatch) -> None:
+    import time
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")  # nothing listens there
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    quick = str(REPO / "examples" / "quickstart.yaml")
+    started = time.monotonic()
+    code, out, err = _check(capsys, quick, "model.name=someorg/no-such-model")
+    assert code == 2 and out == ""
+    assert time.monotonic() - started < 15
+    assert "Retrying" not in err
+    assert_one_paragraph(err, "someorg/no-such-model", "did not answer within 3 s", "HF_HOME")

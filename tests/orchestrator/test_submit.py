@@ -122,3 +122,42 @@ def test_submit_runs_a_study_as_a_ray_job(tmp_path, ray_head, monkeypatch, capsy
     client = JobSubmissionClient(ray_head)
     assert client.get_job_status("steer-sweep-test") == JobStatus.SUCCEEDED
     assert "2/2 trials" in client.get_job_logs("steer-sweep-test")
+
+
+@pytest.mark.parametrize(
+    ("address", "needles"),
+    [
+        (
+            "http://127.0.0.1:1",
+            ["no Ray cluster answers at http://127.0.0.1:1", "Nothing was submitted"],
+        ),
+        ("127.0.0.1:8265", ["not a Ray dashboard URL", "http://HEAD:8265"]),
+        ("NOT_RAY", ["answers, but not as a Ray dashboard", "HTTP 404"]),
+    ],
+)
+def test_submit_to_no_cluster_is_one_paragraph_and_exit_2(
+    tmp_path, capsys, address: str, needles: list[str]
+) -> None:
+    import http.server
+    import threading
+
+    from cli_checks import assert_one_paragraph
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        if address == "NOT_RAY":  # something answers there, but it is not Ray
+            address = f"http://127.0.0.1:{server.server_address[1]}"
+        path = _study(tmp_path)
+        started = time.monotonic()
+        assert main(["submit", str(path), "--address", address]) == 2
+        assert time.monotonic() - started < 15
+    finally:
+        server.shutdown()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert_one_paragraph(captured.err, *needles)

@@ -16,6 +16,8 @@ from workers.models.sources import (
     bundled_gguf,
     cache_root,
     gguf_shape,
+    hub_kwargs,
+    hub_unreachable_hint,
     resolve_source,
 )
 from workers.models.spec import (
@@ -76,7 +78,7 @@ def _load(spec: ModelSpec) -> LoadedModel:
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from None
     source, revision = resolve_source(spec)
-    kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code, **hub_kwargs(source)}
     if spec.revision and revision not in ("local",):
         kwargs["revision"] = spec.revision
     try:
@@ -96,7 +98,8 @@ def _load(spec: ModelSpec) -> LoadedModel:
         raise ModelLoadError(f"could not load model '{spec.name}': {exc}") from exc
     except OSError as exc:
         raise ModelLoadError(
-            f"could not load model '{spec.name}': {exc}. For a hub id, check the name and "
+            f"could not load model '{spec.name}': {' '.join(str(exc).split())}."
+            f"{hub_unreachable_hint(kwargs)} For a hub id, check the name and "
             f"that the hub is reachable (or pre-download it); for a path, check it exists."
         ) from exc
     model.to(device)
@@ -130,6 +133,7 @@ def load_codec(spec: ModelSpec | str) -> Codec | None:
         source, _ = resolve_source(spec)
     try:
         kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+        kwargs |= hub_kwargs(source)
         config = AutoConfig.from_pretrained(source, revision=spec.revision, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision, **kwargs)
     except (OSError, ValueError) as exc:
@@ -172,17 +176,18 @@ def peek_shape(spec: ModelSpec | str) -> ModelShape:
         return gguf_shape(Path(name).expanduser())
     else:
         source, _ = resolve_source(spec)
+    hub = hub_kwargs(source)
     try:
         config = AutoConfig.from_pretrained(
-            source, trust_remote_code=spec.trust_remote_code, revision=spec.revision
+            source, trust_remote_code=spec.trust_remote_code, revision=spec.revision, **hub
         )
     except ValueError as exc:
         raise ModelLoadError(f"could not read the config of '{name}': {exc}") from exc
     except OSError as exc:
         text = " ".join(str(exc).split())  # transformers' message spans several lines
         if not Path(source).expanduser().exists():  # a hub id, not a local folder
-            text += (
-                " A hub id needs the hub or the local Hugging Face cache (HF_HOME); on a "
+            text += hub_unreachable_hint(hub) + (
+                ". A hub id needs the hub or the local Hugging Face cache (HF_HOME); on a "
                 "machine without network, download the model once where the hub is reachable, "
                 "or give model.name a local folder (HF_HUB_OFFLINE=1 skips the retries)"
             )

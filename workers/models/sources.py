@@ -9,6 +9,7 @@ copy to the cache and later loads read that (well under a second).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -176,3 +177,44 @@ def gguf_shape(path: Path) -> ModelShape:
         d_model=width, heads=heads, kv_heads=kv_heads, head_dim=head_dim, ffn=ffn, family=arch
     )
     return ModelShape(blocks, width, params, vocab)
+
+
+HUB_PROBE_S = 3.0
+"""How long a hub id waits for the hub to answer before it is read from the
+local cache only (huggingface_hub's own retries take about 30 s)."""
+
+
+def hub_kwargs(source: str) -> dict[str, Any]:
+    """``from_pretrained`` keywords for ``source``: ``local_files_only`` when it
+    is a hub id and the hub (``HF_ENDPOINT``, default huggingface.co) does not
+    answer within :data:`HUB_PROBE_S`, so an unreachable hub is one quick
+    error (or a cache hit) instead of a minute of retries."""
+    from urllib.parse import urlparse
+
+    if Path(source).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return {}
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return {} if _answers(url.hostname or "", port) else {"local_files_only": True}
+
+
+@functools.cache
+def _answers(host: str, port: int) -> bool:
+    """Whether ``host:port`` takes a TCP connection within HUB_PROBE_S (once per process)."""
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_S).close()
+    except OSError:
+        return False
+    return True
+
+
+def hub_unreachable_hint(kwargs: dict[str, Any]) -> str:
+    """What to say about the hub after a failed read with ``kwargs``."""
+    if kwargs.get("local_files_only"):
+        return (
+            f" The hub did not answer within {HUB_PROBE_S:g} s, so only the local Hugging "
+            "Face cache (HF_HOME) was read"
+        )
+    return ""
