@@ -77,3 +77,12 @@ def moto_auth(moto_endpoint: str) -> Iterator[Callable[[bool], None]]:
 
     yield set_auth
     set_auth(False)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_outage_report() -> Iterator[None]:
+    """Each test starts with no store outage in progress (the report is per process)."""
+    from orchestrator.store import retry
+
+    retry.OUTAGES.reset()
+    yield

@@ -41,6 +41,7 @@ from orchestrator.store import (
     VectorRecord,
     study_at,
 )
+from orchestrator.store.retry import OUTAGES
 
 log = logging.getLogger(__name__)
 
@@ -121,19 +122,16 @@ class _Backoff:
         self.last_failure = now
         delay = min(self.max_s, self.base_s * 2 ** (self.failures - 1))
         self.next_try = now + delay
-        log.error(
-            "store writes failing for %.0f s (%s error; %d finished trial(s) waiting); "
-            "next try in %.0f s: %s",
-            now - self.since,
-            "permanent" if permanent else "transient",
-            waiting,
-            delay,
-            self.error,
+        OUTAGES.failed(
+            "trial write",
+            f"{'permanent' if permanent else 'transient'} error, {waiting} finished trial(s) "
+            f"waiting: {self.error}",
+            f"retried in {delay:.0f} s, until store.give_up_after_s",
         )
 
     def recovered(self, now: float) -> None:
         if self.since is not None:
-            log.warning("store writable again after %.0f s", now - self.since)
+            OUTAGES.succeeded("trial write")
         self.since = self.permanent_since = None
         self.failures = 0
         self.next_try = 0.0
@@ -315,7 +313,9 @@ class Committer:
         delay = self.backoff.base_s
         while True:
             try:
-                return study_at(self.writer.root, self.writer.context.study).completed_trials()
+                trials = study_at(self.writer.root, self.writer.context.study).completed_trials()
+                OUTAGES.succeeded("read-back")
+                return trials
             except Exception as exc:
                 # pyarrow raises OSError; an S3 listing raises botocore's errors
                 # (NoSuchBucket, AccessDenied, a dropped connection).
@@ -327,7 +327,7 @@ class Committer:
                         f"could not be read back to check the study: {exc}",
                         "a rerun reads it again and runs only what is missing",
                     ) from exc
-                log.error("could not read the study back (%s); retrying in %.0f s", exc, delay)
+                OUTAGES.failed("read-back", str(exc), f"retried in {delay:.0f} s")
                 time.sleep(delay)
                 delay = min(self.backoff.max_s, 2 * delay)
 

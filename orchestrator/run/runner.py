@@ -320,11 +320,12 @@ def run_study(
     if pool is None:
         check_placement(config)
     plan = prepare(config)
+    lease = StudyLease(plan.store, config.name, stale_s=config.store.lease_stale_s)
     if pool is None:  # Ray, and whether it can hold the actors, before anything is written
+        lease.refuse_if_held(force=force_lease)  # a refused run starts no Ray
         how = connect_ray(config.ray)
         log.info("ray: %s", how)
         refuse_unplaceable(config, fresh=how.startswith("new local cluster"))
-    lease = StudyLease(plan.store, config.name, stale_s=config.store.lease_stale_s)
     lease.acquire(force=force_lease)  # before anything is written
     try:
         return _run(config, plan, lease, started, pool, scorer, show_progress, extend, force_config)

@@ -43,6 +43,7 @@ from typing import Any
 
 from orchestrator.store import schemas as S
 from orchestrator.store.errors import StoreError
+from orchestrator.store.retry import OUTAGES
 from orchestrator.store.roots import StoreRoot, delete_objects, get_bytes, put_bytes
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,6 @@ class StudyLease:
         self._thread: threading.Thread | None = None
         self._held = False
         self._conditional = True  # S3: until the endpoint says it cannot
-        self._renew_failing = False
 
     # ------------------------------------------------------------ public
 
@@ -180,6 +180,20 @@ class StudyLease:
             "retry."
         )
 
+    def refuse_if_held(self, *, force: bool = False) -> None:
+        """:meth:`acquire`'s refusal, read-only: for a run to refuse before it
+        starts anything (Ray, actors) when another live run holds the study.
+        :meth:`acquire` checks again.
+
+        Raises:
+            LeaseHeld: another live run holds it (and ``force`` is off).
+        """
+        current, _ = self._read()
+        now = time.time()
+        if current is not None and current.run_id != self.me.run_id and not force:
+            if self._free(current, now) is None:
+                raise LeaseHeld(self._held_message(current, now))
+
     def renew(self) -> bool:
         """One heartbeat. Returns False (and sets :attr:`lost`) when another run
         holds the lease now; a store error only logs and keeps the lease."""
@@ -196,13 +210,9 @@ class StudyLease:
                     if current is not None and current.run_id != self.me.run_id:
                         self.lost = current.describe(now)
         except Exception as exc:  # noqa: BLE001 - the store may be down: retry next beat
-            if not self._renew_failing:  # once per outage, not once per heartbeat
-                log.warning("study %s: could not renew the lease (%s)", self.study, exc)
-            self._renew_failing = True
+            OUTAGES.failed("lease renewal", f"study {self.study}: {exc}", "retried next heartbeat")
             return True
-        if self._renew_failing:
-            log.info("study %s: lease renewed again", self.study)
-            self._renew_failing = False
+        OUTAGES.succeeded("lease renewal")
         if self.lost:
             log.error("study %s: the lease was taken over by %s", self.study, self.lost)
             self._held = False

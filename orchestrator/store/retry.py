@@ -12,9 +12,10 @@ import errno
 import logging
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from orchestrator.store.errors import StoreWriteError
@@ -100,6 +101,82 @@ class RetryStats:
     retries: int = 0
 
 
+@dataclass
+class Outage:
+    """The store's outages as a user reads them in the log: one WARNING when
+    store errors begin (what failed, and that it is retried), at most one a
+    minute while they last (failed attempts so far, by kind), and one WARNING
+    when an operation of a kind that failed succeeds again; every single
+    attempt goes to DEBUG (``--debug``). A failure after ``every_s`` without
+    one starts a new outage. One per process, :data:`OUTAGES`:
+    store I/O retries, the committer's backoff, lease renewals and the
+    read-back all report here, so one outage is one story.
+    """
+
+    every_s: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    since: float | None = None
+    said: float = 0.0
+    last_failure: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    last: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def failed(self, kind: str, detail: str, then: str = "retried") -> None:
+        """One failed attempt of ``kind`` ("write", "read", "lease renewal"...)."""
+        log.debug("store %s failed (%s): %s", kind, then, detail)
+        with self._lock:
+            now = self.clock()
+            if self.since is not None and now - self.last_failure > self.every_s:
+                # Nothing failed for a while and nothing said it works again (the
+                # run that saw it ended, say): this failure starts a new outage.
+                self.since, self.counts = None, {}
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            self.last, self.last_failure = detail, now
+            if self.since is None:
+                self.since, self.said = now, now
+                log.warning(
+                    "store errors: a %s failed and is %s (further attempts: --debug): %s",
+                    kind,
+                    then,
+                    detail,
+                )
+            elif now - self.said >= self.every_s:
+                self.said = now
+                log.warning(
+                    "store still failing after %.0f s (%s); last error: %s",
+                    now - self.since,
+                    self._counted(),
+                    detail,
+                )
+
+    def succeeded(self, kind: str) -> None:
+        """An operation of ``kind`` succeeded: the outage ends if that kind failed in it."""
+        if self.since is None or kind not in self.counts:  # the common case: no lock
+            return
+        with self._lock:
+            if self.since is None or kind not in self.counts:
+                return
+            log.warning(
+                "store working again after %.0f s (%s failed and were retried)",
+                self.clock() - self.since,
+                self._counted(),
+            )
+            self.since, self.counts, self.last = None, {}, ""
+
+    def reset(self) -> None:
+        """Forget an outage in progress, without a line."""
+        with self._lock:
+            self.since, self.counts, self.last = None, {}, ""
+
+    def _counted(self) -> str:
+        return ", ".join(f"{n} {k} attempt(s)" for k, n in sorted(self.counts.items()))
+
+
+OUTAGES = Outage()
+"""The process's one :class:`Outage`."""
+
+
 def with_retries(
     fn: Callable[[], T],
     *,
@@ -118,7 +195,7 @@ def with_retries(
         if stats is not None:
             stats.attempts += 1
         try:
-            return fn()
+            out = fn()
         except Exception as exc:
             elapsed = time.monotonic() - start
             if not is_transient(exc):
@@ -133,17 +210,17 @@ def with_retries(
                     f"last error: {_short(exc)}"
                 ) from exc
             delay = policy.delay_s(attempt)
-            log.warning(
-                "%s: transient error (attempt %d/%d), retrying in %.2f s: %s",
-                what,
-                attempt,
-                policy.max_attempts,
-                delay,
-                _short(exc),
+            OUTAGES.failed(
+                "store call",
+                f"{what} (attempt {attempt}/{policy.max_attempts}): {_short(exc)}",
+                f"retried in {delay:.2f} s",
             )
             if stats is not None:
                 stats.retries += 1
             time.sleep(delay)
+            continue
+        OUTAGES.succeeded("store call")
+        return out
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -81,10 +81,11 @@ def fail_first_trials_puts(monkeypatch: pytest.MonkeyPatch, n: int) -> list[str]
 
 
 def failing_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The outage's lines a user sees (orchestrator.store.retry.Outage)."""
     return [
         r.getMessage()
         for r in caplog.records
-        if "store writes failing" in r.getMessage() or "could not write trial" in r.getMessage()
+        if r.getMessage().startswith(("store errors:", "store still failing"))
     ]
 
 
@@ -237,3 +238,107 @@ def test_reading_back_a_vanished_bucket_is_store_unavailable(s3: tuple[Any, str]
         assert "create the bucket" in str(err.value) and "\n" not in str(err.value)
     finally:
         committer.close()
+
+
+class FlakyEndpoint:
+    """A TCP proxy on 127.0.0.1 in front of the moto S3 server: while it is
+    down, every connection to it is refused and every open one is cut, as
+    when an endpoint restarts; up again, it forwards as before."""
+
+    def __init__(self, target: str) -> None:
+        import socket
+        import threading
+        from urllib.parse import urlparse
+
+        url = urlparse(target)
+        self.target = (url.hostname or "127.0.0.1", int(url.port or 80))
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.conns: list[Any] = []
+        self.lock = threading.Lock()
+        self.listener: Any = None
+        self.up()
+
+    def up(self) -> None:
+        import socket
+        import threading
+
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", self.port))
+        srv.listen(64)
+        self.listener = srv
+        threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
+
+    def down(self) -> None:
+        self.listener.close()
+        with self.lock:
+            for c in self.conns:
+                c.close()
+            self.conns.clear()
+
+    def _accept(self, srv: Any) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = srv.accept()
+            except OSError:
+                return  # closed: down
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: Any, b: Any) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+def test_a_20_s_outage_is_three_lines_at_most_and_loses_nothing(
+    moto_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = FlakyEndpoint(moto_endpoint)
+    set_fake_aws_env(monkeypatch, proxy.url, tmp_path)
+    _, bucket = make_bucket(proxy.url)
+    root = f"s3://{bucket}/sweeps"
+    cfg = tiny_config(root, n_trials=16, model__max_batch_jobs=1, store__give_up_after_s=120)
+    run = StudyThread(cfg, pool=local_pool(cfg, delay=0.5, n=1))
+    with caplog.at_level(logging.DEBUG, logger="orchestrator"):
+        run.start()
+        wait_for_trials(root, "tiny", 3)
+        proxy.down()
+        time.sleep(20.0)
+        proxy.up()
+        summary = run.result(timeout=240)
+    assert not summary.lost and summary.complete and summary.stored == 16
+    audit(root, "tiny", 16, 2)
+    shown = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith("orchestrator")
+    ]
+    assert 2 <= len(shown) <= 3, shown
+    assert shown[0].startswith("store errors:") and shown[-1].startswith("store working again")
+    attempts = [
+        r for r in caplog.records if r.levelno == logging.DEBUG and "failed (" in r.getMessage()
+    ]
+    assert len(attempts) > len(shown), "every attempt is kept at DEBUG"

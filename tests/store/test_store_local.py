@@ -143,9 +143,10 @@ def test_bad_records_raise_before_anything_is_written(tmp_path: Path) -> None:
 def test_check_store_local(tmp_path: Path) -> None:
     res = check_store(tmp_path / "new" / "root")
     assert res.uri == f"file://{tmp_path}/new/root"
+    assert not (tmp_path / "new").exists()  # checked, not created: run creates it
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(StoreConfigError, match="test write failed"):
+    with pytest.raises(StoreConfigError, match="file is a file, not a writable folder"):
         check_store(blocker / "root")
     with pytest.raises(StoreConfigError, match="scheme"):
         resolve_root("gs://bucket/x")
