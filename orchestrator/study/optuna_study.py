@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import bisect
-import contextlib
 import json
 import logging
-import math
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +17,7 @@ from optuna.distributions import BaseDistribution, distribution_to_json, json_to
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from orchestrator.study import optuna_internals as internals
 from orchestrator.study.config import StudyConfig
 from orchestrator.study.space import grid
 
@@ -45,8 +44,9 @@ class _TPESampler(optuna.samplers.TPESampler):
     trials the Python loop that reads each trial's parameters is a sizeable
     part of that. A finished trial's parameters never change, so their
     converted row is kept per search space. The proposals are the same as the
-    stock sampler's (tests/orchestrator/test_search.py compares them); should
-    a future Optuna drop the private hook, the stock code path runs.
+    stock sampler's (tests/orchestrator/test_search.py compares them). It
+    overrides a private method (``orchestrator.study.optuna_internals``), so
+    only ask-ahead TPE is built on it.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -75,7 +75,6 @@ class _TPESampler(optuna.samplers.TPESampler):
 
 
 _MISSING: Any = object()
-_HOOK = hasattr(optuna.samplers.TPESampler, "_get_internal_repr")
 
 
 @dataclass(frozen=True)
@@ -123,8 +122,9 @@ class AheadTPESampler(_TPESampler):
 
     ``ahead=1`` is the exact mode: every ask fits on the whole history and
     proposes what Optuna's own TPE proposes for the same seed and history
-    (tests/orchestrator/test_search.py). Should a future Optuna drop the
-    private pieces this needs, the sampler warns and runs in the exact mode.
+    (tests/orchestrator/test_search.py). With an Optuna whose internals are
+    not the tested ones (``optuna_internals.ask_ahead_problem``) it warns and
+    runs in the exact mode; ``make_sampler`` gives stock TPE there instead.
     """
 
     def __init__(
@@ -139,9 +139,10 @@ class AheadTPESampler(_TPESampler):
         super().__init__(**kwargs)
         if ahead < 1:
             raise ValueError(f"ahead must be at least 1, got {ahead}")
-        self.ahead = ahead if _AHEAD_HOOKS else 1
-        if ahead > 1 and not _AHEAD_HOOKS:
-            log.warning("this Optuna lacks the TPE internals ask-ahead needs: exact mode")
+        problem = internals.ask_ahead_problem()
+        self.ahead = ahead if problem is None else 1
+        if ahead > 1 and problem is not None:
+            log.warning("ask-ahead TPE runs in its exact mode: %s", problem)
         self.max_stale_s = max_stale_s
         self.max_bad = max_bad
         self.clock = clock
@@ -204,7 +205,7 @@ class AheadTPESampler(_TPESampler):
         new = idx.take_new()
         running = idx.running if self._constant_liar else []
         if self._gamma is None:
-            self._gamma = default_gamma if len(study.directions) <= 1 else default_gamma_mo
+            self._gamma = internals.default_gamma(len(study.directions))
         n_good = self._gamma(len(idx.numbers))
         good = None
         if self._constraints_func is None:  # the driver never sets constraints
@@ -213,14 +214,13 @@ class AheadTPESampler(_TPESampler):
             bad = thin_bad(idx, {t.number for t in good}, running, self.max_bad)
         else:  # multi-objective, constraints, or too few complete trials
             history = sorted(idx.told() + running, key=lambda t: t.number)
-            good, bad = _split_trials(study, history, n_good)
+            good, bad = internals.split_trials(study, history, n_good)
             bad = thin_history(bad, self.max_bad)
         l_x = self._build_parzen_estimator(study, space, good, handle_below=True)
         g_x = self._build_parzen_estimator(study, space, bad, handle_below=False)
         k = self._n_ei_candidates
-        with vectorized_log_ndtr():
-            samples = l_x.sample(self._rng.rng, n * k)
-            score = estimator_log_pdf(l_x, samples) - estimator_log_pdf(g_x, samples)
+        samples = l_x.sample(self._rng.rng, n * k)
+        score = estimator_log_pdf(l_x, samples) - estimator_log_pdf(g_x, samples)
         out = []
         for i in range(n):
             part = {name: v[i * k : (i + 1) * k] for name, v in samples.items()}
@@ -287,10 +287,10 @@ class TrialIndex:
         self._absorbed: set[int] = set()  # finished trials at or after _scan, absorbed
 
     def update(self, study: Any, exclude: int) -> None:
-        key = (id(study._storage), study._study_id)
+        key = internals.study_key(study)
         if key != self._study:
             self._reset(key)
-        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        trials = internals.all_trials(study)
         self.running = []
         advancing = True
         for pos in range(self._scan, len(trials)):
@@ -371,64 +371,6 @@ def thin_history(trials: list[FrozenTrial], at_most: int, recent: int = 25) -> l
     return sorted(picked + newest + running, key=lambda t: t.number)
 
 
-try:  # the TPE internals ask-ahead draws on (Optuna 4 and 5)
-    from optuna.samplers._tpe.sampler import _split_trials, default_gamma
-    from optuna.samplers._tpe.sampler import default_gamma_multiobjective as default_gamma_mo
-
-    _AHEAD_HOOKS = _HOOK and all(
-        hasattr(optuna.samplers.TPESampler, name)
-        for name in (
-            "_sample_relative",
-            "_build_parzen_estimator",
-            "_compare",
-        )
-    )
-except ImportError:  # pragma: no cover - depends on the Optuna release
-    _AHEAD_HOOKS = False
-
-_TRUNCNORM: Any
-try:
-    from optuna.samplers._tpe import _truncnorm as _TRUNCNORM
-except ImportError:  # pragma: no cover - depends on the Optuna release
-    _TRUNCNORM = None
-
-
-def _log_ndtr_array(a: Any) -> np.ndarray:
-    """log Phi(a) elementwise over a whole array (torch's float64 kernel)."""
-    import torch
-
-    return torch.special.log_ndtr(torch.from_numpy(np.asarray(a, dtype=np.float64))).numpy()
-
-
-@contextlib.contextmanager
-def vectorized_log_ndtr() -> Iterator[None]:
-    """Within it, Optuna's truncated-normal code (TPE's sampling and log
-    densities) takes log Phi from :func:`_log_ndtr_array` instead of one
-    Python call per element (``np.frompyfunc``), which was a third of an
-    ask-ahead fit's time; the values agree to 1e-16 absolute. Used for
-    ask-ahead draws only, so the exact mode stays Optuna's own arithmetic.
-    Without that private function (another Optuna release) it changes nothing."""
-    module = _TRUNCNORM
-    if module is None or not hasattr(module, "_log_ndtr"):
-        yield
-        return
-    saved = module._log_ndtr
-    module._log_ndtr = _log_ndtr_array
-    try:
-        yield
-    finally:
-        module._log_ndtr = saved
-
-
-_PD: Any
-try:
-    from optuna.samplers._tpe import probability_distributions as _PD
-except ImportError:  # pragma: no cover - depends on the Optuna release
-    _PD = None
-
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
-
 def estimator_log_pdf(estimator: Any, samples: dict[str, np.ndarray]) -> np.ndarray:
     """``estimator.log_pdf(samples)`` for one of TPE's Parzen estimators,
     computed with fewer passes over the (samples x kernels) matrix.
@@ -450,8 +392,9 @@ def estimator_log_pdf(estimator: Any, samples: dict[str, np.ndarray]) -> np.ndar
     falls back to ``log_pdf``.
     """
     mix = getattr(estimator, "_mixture_distribution", None)
-    if _PD is None or _TRUNCNORM is None or mix is None or not hasattr(estimator, "_transform"):
+    if mix is None or not hasattr(estimator, "_transform"):
         return estimator.log_pdf(samples)
+    categorical = internals.categorical_type()
     x = estimator._transform(samples)
     weights = np.asarray(mix.weights, dtype=np.float64)
     n = len(x)
@@ -460,7 +403,7 @@ def estimator_log_pdf(estimator: Any, samples: dict[str, np.ndarray]) -> np.ndar
     outside = np.zeros(n, dtype=bool)
     for i, d in enumerate(mix.distributions):
         xi = x[:, i]
-        if isinstance(d, _PD._BatchedCategoricalDistributions):
+        if isinstance(d, categorical):
             with np.errstate(divide="ignore"):
                 acc += np.log(d.weights[:, xi.astype(np.int64)]).T
             continue
@@ -468,7 +411,7 @@ def estimator_log_pdf(estimator: Any, samples: dict[str, np.ndarray]) -> np.ndar
             return estimator.log_pdf(samples)
         mu, sigma = np.asarray(d.mu, np.float64), np.asarray(d.sigma, np.float64)
         low, high = d.adapted_low, d.adapted_high
-        norm = _TRUNCNORM._log_gauss_mass((low - mu) / sigma, (high - mu) / sigma)
+        norm = internals.log_gauss_mass((low - mu) / sigma, (high - mu) / sigma)
         if d.step == 0.0:
             xt = np.log(xi) if d.is_log else xi
             outside |= (xt < low) | (xt > high)
@@ -477,13 +420,13 @@ def estimator_log_pdf(estimator: Any, samples: dict[str, np.ndarray]) -> np.ndar
             z *= z
             z *= -0.5
             acc += z
-            acc -= (_LOG_SQRT_2PI + np.log(sigma) + norm)[None, :]
+            acc -= (internals.LOG_SQRT_2PI + np.log(sigma) + norm)[None, :]
         else:
             values, inverse = np.unique(xi, return_inverse=True)
             half = d.step / 2
             left = np.log(values - half) if d.is_log else values - half
             right = np.log(values + half) if d.is_log else values + half
-            mass = _TRUNCNORM._log_gauss_mass(
+            mass = internals.log_gauss_mass(
                 (left[:, None] - mu) / sigma, (right[:, None] - mu) / sigma
             )
             acc += mass[inverse.reshape(-1)]
@@ -503,7 +446,15 @@ def make_sampler(config: StudyConfig, space: Any) -> optuna.samplers.BaseSampler
     if s.name == "tpe":
         # constant_liar: trials in flight count as bad guesses, so parallel
         # asks spread out instead of piling onto one point.
-        if not _HOOK:
+        problem = internals.ask_ahead_problem() if s.ask_ahead > 1 else None
+        if problem is not None:
+            log.warning(
+                "sampler.ask_ahead %d needs Optuna's TPE internals as tested; %s: using "
+                "Optuna's own TPE (one fit per ask)",
+                s.ask_ahead,
+                problem,
+            )
+        if s.ask_ahead == 1 or problem is not None:  # Optuna's TPE, nothing overridden
             return optuna.samplers.TPESampler(
                 seed=s.seed, constant_liar=True, n_startup_trials=s.n_startup_trials
             )
@@ -517,7 +468,7 @@ def make_sampler(config: StudyConfig, space: Any) -> optuna.samplers.BaseSampler
             seed=s.seed,
             constant_liar=True,
             n_startup_trials=s.n_startup_trials,
-            multivariate=True if s.ask_ahead > 1 else None,
+            multivariate=True,
         )
     if s.name == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)

@@ -307,58 +307,60 @@ def test_the_estimators_log_density_is_optunas(n_trials) -> None:
                 np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_the_vectorized_log_ndtr_is_optunas_and_only_inside_ask_ahead_draws() -> None:
-    """Ask-ahead draws take log Phi from one array call: the same values as
-    Optuna's per-element function (tails included), the same truncated-normal
-    densities and quantiles, and Optuna's own function back afterwards, also
-    after an exception and in the exact mode."""
+def test_the_projects_log_gauss_mass_is_optunas_and_optuna_is_never_patched() -> None:
+    """Ask-ahead's densities take log Phi from one array call of its own
+    (``optuna_internals.log_gauss_mass``): the values of Optuna's
+    ``_log_gauss_mass``, tails included; and Optuna's own function stays
+    installed, and is the one TPE's sampling calls, during ask-ahead draws."""
     from optuna.samplers._tpe import _truncnorm
 
-    from orchestrator.study.optuna_study import _log_ndtr_array, vectorized_log_ndtr
+    from orchestrator.study.optuna_internals import log_gauss_mass
 
-    original = _truncnorm._log_ndtr
-    x = np.concatenate([np.linspace(-40, 40, 4001), np.random.default_rng(0).normal(0, 5, 2000)])
-    want, got = original(x), _log_ndtr_array(x)
-    assert np.all(np.abs(got - want) <= 1e-15 + 1e-12 * np.abs(want))
     rng = np.random.default_rng(1)
-    a, b = rng.normal(0, 3, 500), None
-    b = a + rng.exponential(2.0, 500)
-    q, z = rng.random(500), a + (b - a) * rng.random(500)
-    plain = (_truncnorm.ppf(q, a, b), _truncnorm.logpdf(z, a, b))
-    with vectorized_log_ndtr():
-        assert _truncnorm._log_ndtr is _log_ndtr_array
-        fast = (_truncnorm.ppf(q, a, b), _truncnorm.logpdf(z, a, b))
-    for p, f in zip(plain, fast, strict=True):
-        np.testing.assert_allclose(f, p, rtol=1e-9, atol=1e-12)
-    assert _truncnorm._log_ndtr is original
-    with pytest.raises(RuntimeError), vectorized_log_ndtr():
-        raise RuntimeError("a failed draw")
-    assert _truncnorm._log_ndtr is original
-    seen = []
-    sampler = AheadTPESampler(ahead=1, seed=0, constant_liar=True, n_startup_trials=3)
-    spy = sampler._compute_acquisition_func
+    a = np.concatenate([rng.normal(0, 3, 2000), np.linspace(-40, 38, 200)])
+    b = a + np.concatenate([rng.exponential(2.0, 2000), np.full(200, 1.5)])
+    want, got = _truncnorm._log_gauss_mass(a, b), log_gauss_mass(a, b)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    original = _truncnorm._log_ndtr
+    calls = []
 
-    def record(*args, **kwargs):
-        seen.append(_truncnorm._log_ndtr is original)
-        return spy(*args, **kwargs)
+    def counted(x):
+        calls.append(len(np.atleast_1d(x)))
+        return original(x)
 
-    sampler._compute_acquisition_func = record  # type: ignore[method-assign]
-    _proposals(sampler, 12, in_flight=2)
-    assert seen and all(seen), "the exact mode uses Optuna's own arithmetic"
-    from orchestrator.study import optuna_study
-
-    ahead = AheadTPESampler(ahead=4, seed=0, constant_liar=True, n_startup_trials=3)
-    spy_ahead = optuna_study.estimator_log_pdf
-    inside = []
-
-    def record_ahead(*args, **kwargs):
-        inside.append(_truncnorm._log_ndtr is _log_ndtr_array)
-        return spy_ahead(*args, **kwargs)
-
-    optuna_study.estimator_log_pdf = record_ahead
+    _truncnorm._log_ndtr = counted
     try:
-        _proposals(ahead, 12, in_flight=2)
+        ahead = AheadTPESampler(ahead=4, seed=0, constant_liar=True, n_startup_trials=3)
+        _proposals(ahead, 16, in_flight=2)
+        assert _truncnorm._log_ndtr is counted, "something replaced Optuna's function"
+        assert calls, "TPE's sampling calls Optuna's own log Phi"
     finally:
-        optuna_study.estimator_log_pdf = spy_ahead
-    # its draws (some asks fall back to Optuna's own per-ask path, unpatched)
-    assert any(inside) and _truncnorm._log_ndtr is original
+        _truncnorm._log_ndtr = original
+
+
+def test_make_sampler_gives_stock_tpe_unless_asking_ahead(tmp_path, monkeypatch, caplog) -> None:
+    """``ask_ahead: 1`` is Optuna's TPESampler itself, nothing overridden, and
+    proposes what it proposes; ask-ahead on an Optuna outside the tested
+    range is stock TPE too, with one warning."""
+    from sweep_helpers import tiny_config
+
+    from orchestrator.study import optuna_internals
+    from orchestrator.study.optuna_study import make_sampler
+
+    cfg = tiny_config(str(tmp_path), sampler={"name": "tpe", "seed": 3, "n_startup_trials": 5})
+    sampler = make_sampler(cfg, None)
+    assert type(sampler) is optuna.samplers.TPESampler
+    stock = optuna.samplers.TPESampler(seed=3, constant_liar=True, n_startup_trials=5)
+    assert _proposals(sampler, 60, in_flight=6) == _proposals(stock, 60, in_flight=6)
+    ahead = tiny_config(str(tmp_path), sampler={"name": "tpe", "ask_ahead": 8})
+    assert isinstance(make_sampler(ahead, None), AheadTPESampler)
+    optuna_internals.ask_ahead_problem.cache_clear()
+    monkeypatch.setattr(optuna, "__version__", "9.1.0")
+    try:
+        with caplog.at_level("WARNING", logger="orchestrator"):
+            fallback = make_sampler(ahead, None)
+        assert type(fallback) is optuna.samplers.TPESampler
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 1 and "Optuna 9.1.0 is outside 5.0 to 5.1" in lines[0]
+    finally:
+        optuna_internals.ask_ahead_problem.cache_clear()
