@@ -157,3 +157,23 @@ def test_config_wants_one_source_and_filter_with_hf(tmp_path) -> None:
         parse_config({**base, "task": {"builtin": "refusal", "filter": {"a": 1}}})
     with pytest.raises(ConfigError, match="splits"):
         parse_config({**base, "task": {"hf": {"path": "x", "splits": {"test": "test"}}}})
+
+
+def test_a_hub_source_asks_load_dataset_for_its_subset_and_revision(monkeypatch) -> None:
+    """``hf.name`` and ``hf.revision`` reach ``datasets.load_dataset`` (the
+    hub is not reachable here: the call is recorded at that boundary, then
+    fails as an unreachable hub does, and the error is located)."""
+    calls = []
+
+    def recorded(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise ConnectionError("no network in this test")
+
+    monkeypatch.setattr(datasets, "load_dataset", recorded)
+    src = HFSource(path="walledai/HarmBench", name="standard", revision="0123abc",
+                   splits={"train": "train"})  # fmt: skip
+    with pytest.raises(DatasetError, match="^walledai/HarmBench: "):
+        load_hf_examples(src, MAPPING, {})
+    (args, kwargs), *_ = calls
+    assert args[:2] == ("walledai/HarmBench", "standard")
+    assert kwargs["revision"] == "0123abc" and kwargs["split"] == "train"

@@ -147,3 +147,94 @@ def test_renew_notices_a_takeover_and_release_leaves_the_other_lease(root: str) 
     assert holder is not None and holder.run_id == "thief"
     theirs.release()
     assert read_holder(r, "s1") is None
+
+
+class _NoConditionalWrites:
+    """An HTTP proxy on 127.0.0.1 in front of moto that answers a PUT with
+    If-Match or If-None-Match as an S3 endpoint without conditional writes
+    does (501 NotImplemented, as older MinIO and Ceph releases); every other
+    request goes through. Counts the refusals."""
+
+    def __init__(self, target: str) -> None:
+        import http.client
+        import http.server
+        import threading
+        from urllib.parse import urlparse
+
+        up = urlparse(target)
+        outer = self
+        self.refused = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _forward(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                if self.command == "PUT" and (
+                    "If-Match" in self.headers or "If-None-Match" in self.headers
+                ):
+                    outer.refused += 1
+                    xml = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>NotImplemented"
+                           b"</Code><Message>conditional writes</Message></Error>")  # fmt: skip
+                    self.send_response(501)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(xml)))
+                    self.end_headers()
+                    self.wfile.write(xml)
+                    return
+                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+                conn.request(self.command, self.path, body, dict(self.headers.items()))
+                reply = conn.getresponse()
+                data = reply.read()
+                self.send_response(reply.status)
+                head = self.command == "HEAD"  # its length is the object's, with no body
+                for k, v in reply.getheaders():
+                    drop = ("transfer-encoding", "connection") + (
+                        () if head else ("content-length",)
+                    )
+                    if k.lower() not in drop:
+                        self.send_header(k, v)
+                if not head:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_an_endpoint_without_conditional_writes_gets_write_and_read_back(
+    moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    proxy = _NoConditionalWrites(moto_endpoint)
+    try:
+        set_fake_aws_env(monkeypatch, proxy.url, tmp_path)
+        _, bucket = make_bucket(proxy.url)
+        r = resolve_root(f"s3://{bucket}/sweeps")
+        mine = StudyLease(r, "s1", stale_s=30)
+        with caplog.at_level("WARNING", logger="orchestrator"):
+            assert mine.acquire() is None
+        assert proxy.refused == 1  # asked once, then plain writes read back
+        assert sum("does not support conditional writes" in m for m in caplog.messages) == 1
+        holder = read_holder(r, "s1")
+        assert holder is not None and holder.run_id == mine.me.run_id
+        assert mine.renew() and not mine.lost
+        theirs = StudyLease(r, "s1", stale_s=30)
+        theirs.me = Holder("thief", "elsewhere", 1, time.time(), time.time())
+        with pytest.raises(LeaseHeld):
+            theirs.acquire()  # a live holder is refused without any condition
+        assert theirs.acquire(force=True) is not None
+        assert not mine.renew() and "run thief on host elsewhere" in str(mine.lost)
+        theirs.release()
+        assert read_holder(r, "s1") is None
+    finally:
+        proxy.server.shutdown()

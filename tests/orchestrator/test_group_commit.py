@@ -172,3 +172,37 @@ def test_a_resumed_group_study_equals_an_uninterrupted_one(tmp_path, monkeypatch
     assert len(trials_a) == 500
     assert trials_b == trials_a
     pd.testing.assert_frame_equal(frame_b, frame_a)
+
+
+def test_a_group_is_written_after_group_ms_even_when_it_is_not_full(tmp_path) -> None:
+    """Trials finishing slower than ``group_ms`` apart go out in groups of
+    what has finished (the buffer never fills: group_trials > n_trials), so
+    the store holds finished trials while the study runs, not only at its end."""
+    from sweep_helpers import StudyThread, wait_for_trials
+
+    root = str(tmp_path / "store")
+    cfg = tiny_config(root, name="timed", n_trials=10, vectors_per_trial=1, trials_in_flight=1,
+                      store={"root": root, "group_trials": 64, "group_ms": 100.0})  # fmt: skip
+    plan = prepare(cfg)
+    pool = local_batch_pool(FakeWorker([e.id for e in plan.transfer], delay=0.0), 1)
+    run = StudyThread(cfg, pool=pool)
+    # Each trial takes at least 0.3 s on the worker: longer than group_ms.
+    real = FakeWorker.__call__
+
+    def slow(self, key, assignments):
+        import time
+
+        time.sleep(0.3)
+        return real(self, key, assignments)
+
+    FakeWorker.__call__ = slow  # type: ignore[method-assign]
+    try:
+        run.start()
+        seen = wait_for_trials(root, "timed", 3, timeout=60)
+        summary = run.result(timeout=120)
+    finally:
+        FakeWorker.__call__ = real  # type: ignore[method-assign]
+        pool.shutdown()
+    assert 3 <= seen < 10 and summary.stored == 10
+    audit(root, "timed", 10, 1)
+    assert len(open_study(root, "timed").files("trials")) >= 3

@@ -118,3 +118,24 @@ def test_a_one_shot_config_keeps_its_identity_and_too_many_shots_is_refused(tmp_
     with pytest.raises(PreflightError, match=f"search.shots goes up to {n + 1}"):
         prepare(tiny_config(str(tmp_path), search={"layer": 1, "shots": n + 1}),
                 check_store_root=False)  # fmt: skip
+
+
+def test_a_k_shot_threshold_is_weighted_with_its_loss(tiny_llama: Any) -> None:
+    """The stopping rule compares each term's weighted loss with its
+    threshold, so a K-shot vector on K copies of one example stops at the same
+    step as the one-shot vector on it (thresholds weighted like the losses)."""
+    from workers.examples import Example
+    from workers.jobs import chat
+
+    ex = Example("t0", chat("Tell me a joke about cats."), promote=("Sure",), thresholds=(-4.58,))
+    twin = Example("t1", ex.prompt, promote=ex.promote, thresholds=ex.thresholds)
+    params = TrialParams.from_params({**PARAMS, "max_iters": 40, "lr": 0.2, "norm": 8.0})
+    one = build_assignment("a", 0, ex, params, SearchSpace(), study_seed=0, log_base=10.0)
+    two = build_assignment("a", 0, ex, params, SearchSpace(), study_seed=0, log_base=10.0,
+                           also=[twin])  # fmt: skip
+    [goal] = [t.threshold for t in one.job.prompts[0].targets]
+    assert goal is not None
+    assert [t.threshold for p in two.job.prompts for t in p.targets] == [goal / 2, goal / 2]
+    [r1], [r2] = optimize(tiny_llama, [one.job]), optimize(tiny_llama, [two.job])
+    assert r1.stop_reason == r2.stop_reason == "targets_reached"
+    assert r1.iterations == r2.iterations < 40

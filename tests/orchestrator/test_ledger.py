@@ -99,3 +99,25 @@ def test_held_outcomes_keep_their_trial_open_until_released() -> None:
     assert ledger.release("t0v1", [], error="scorer lost") == 0
     assert sorted(w.number for w in ledger.ready()) == [0, 1]
     assert ledger.trials[0].outcomes["t0v1"].error == "scorer lost"
+
+
+def test_an_outcome_that_comes_back_twice_counts_once_and_the_first_wins() -> None:
+    """A worker thought lost answers after all, and the assignment sent again
+    answers too: the trial changes once, keeps the first outcome, and a
+    duplicate of a held outcome stays out as well."""
+    ledger = Ledger()
+    ledger.add_trial(trial(0, 2))
+    [a] = ledger.take("w1", 1)
+    ledger.lost("w1", "no heartbeat")  # requeued
+    [again] = ledger.take("w2", 1)
+    assert again.vector_id == a.vector_id
+    first = VectorOutcome(a.vector_id, 0, a.example_id, error="first")
+    second = VectorOutcome(a.vector_id, 0, a.example_id, error="second")
+    assert ledger.finish("w2", [first]) == {0}
+    assert ledger.finish("w1", [second]) == set()
+    assert ledger.trials[0].outcomes[a.vector_id].error == "first"
+    [b] = ledger.take("w3", 1)
+    hold = lambda o: True  # noqa: E731 - waits for its scores
+    ledger.finish("w3", [VectorOutcome(b.vector_id, 0, b.example_id, error="held")], hold)
+    assert ledger.finish("w3", [VectorOutcome(b.vector_id, 0, b.example_id)]) == set()
+    assert b.vector_id in ledger.held and b.vector_id not in ledger.trials[0].outcomes

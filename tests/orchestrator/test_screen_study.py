@@ -74,6 +74,46 @@ def test_screened_vectors_are_marked_and_keep_their_slice(tiny_llama, tmp_path) 
     assert f"{len(screened)} of {len(vectors)} vectors were screened" in page
 
 
+def _screen_rule_holds(study, plan) -> set[str]:
+    """Each vector is screened exactly when its slice score is below the
+    median of the vectors of the trials before its own (given two or more);
+    returns the screened ids."""
+    vectors = study.vectors.to_table(columns=["vector_id", "trial", "screened"]).to_pandas()
+    transfer = study.transfer.to_table().to_pandas()
+    slice_ids = {ex.id for ex in plan.transfer[:SLICE]}
+    on_slice = transfer[transfer["eval_example_id"].isin(slice_ids)]
+    on_slice = on_slice[on_slice["metric"].str.startswith("target_logprob")]
+    score = (on_slice["steered"] - on_slice["unsteered"]).groupby(on_slice["vector_id"]).mean()
+    trial_of = vectors.set_index("vector_id")["trial"]
+    screened = set(vectors.loc[vectors["screened"], "vector_id"])
+    for vid in vectors["vector_id"]:
+        before = score[trial_of[score.index] < trial_of[vid]]
+        below = len(before) >= 2 and score[vid] < before.median()
+        assert (vid in screened) == below, (vid, trial_of[vid], score[vid], before.median())
+    return screened
+
+
+def test_a_resumed_study_screens_with_the_history_it_stored(tiny_llama, tmp_path) -> None:
+    """Three trials, then the study extended to eight by a new run: the new
+    run's first trials are screened against the stored vectors' slices (a
+    resumed driver with an empty history could screen none of them)."""
+    from orchestrator.run.pools import LocalPool
+    from orchestrator.run.runner import run_study
+    from workers.service.stream import StreamingEngine
+
+    root = str(tmp_path / "store")
+    plan, _ = run_in_process(_cfg(root, n_trials=3), tiny_llama)
+    cfg = _cfg(root, n_trials=8)
+    pool = LocalPool([StreamingEngine(tiny_llama, plan.evaluation, max_rows=4)])
+    summary = run_study(cfg, pool=pool, show_progress=False, extend=True)
+    assert summary.resumed == 3 and summary.told == 5
+    study = open_study(root, cfg.name)
+    screened = _screen_rule_holds(study, plan)
+    trials = study.vectors.to_table(columns=["vector_id", "trial"]).to_pandas()
+    first_new = set(trials.loc[trials["trial"] == 3, "vector_id"])
+    assert first_new & screened, "the resumed run's first trial was screened on stored history"
+
+
 def test_resume_rebuilds_the_slice_history(tiny_llama, tmp_path) -> None:
     cfg = _cfg(str(tmp_path / "store"), n_trials=3)
     plan, _ = run_in_process(cfg, tiny_llama)

@@ -364,3 +364,49 @@ def test_make_sampler_gives_stock_tpe_unless_asking_ahead(tmp_path, monkeypatch,
         assert len(lines) == 1 and "Optuna 9.1.0 is outside 5.0 to 5.1" in lines[0]
     finally:
         optuna_internals.ask_ahead_problem.cache_clear()
+
+
+def test_the_study_file_reaches_ask_ahead_and_bounds_its_bad_model(tmp_path, monkeypatch) -> None:
+    """``sampler.max_bad_trials`` and ``max_stale_ms`` reach the sampler
+    ``make_sampler`` builds; through the real driver past 256 trials, every
+    fit's bad model holds at most ``max_bad_trials`` trials (single and two
+    objectives), and every trial is stored once."""
+    from sweep_helpers import FakeWorker, audit, tiny_config
+
+    from orchestrator.run.pools import local_batch_pool
+    from orchestrator.run.preflight import prepare
+    from orchestrator.run.runner import run_study
+    from orchestrator.study.optuna_study import make_sampler
+
+    bad_sizes: list[int] = []
+    real = AheadTPESampler._build_parzen_estimator
+
+    def counted(self, study, space, trials, handle_below):
+        if not handle_below:
+            bad_sizes.append(len(trials))
+        return real(self, study, space, trials, handle_below)
+
+    monkeypatch.setattr(AheadTPESampler, "_build_parzen_estimator", counted)
+    sampler = {"name": "tpe", "ask_ahead": 8, "max_bad_trials": 40, "max_stale_ms": 250,
+               "n_startup_trials": 10}  # fmt: skip
+    for i, objectives in enumerate(
+        [None, [{"metric": "target_logprob"}, {"metric": "norm", "direction": "minimize"}]]
+    ):
+        root = str(tmp_path / f"store{i}")
+        extra = {"objectives": objectives} if objectives else {}
+        # 8 in flight: the running trials and TPE's 25 newest fit in the bound
+        cfg = tiny_config(root, n_trials=300, vectors_per_trial=1, sampler=sampler,
+                          trials_in_flight=8,
+                          search={"layer": {"low": 0, "high": 3}, "norm": {"low": 1.0, "high": 8.0},
+                                  "lr": 0.1, "max_iters": 2}, **extra)  # fmt: skip
+        built = make_sampler(cfg, None)
+        assert isinstance(built, AheadTPESampler)
+        assert (built.ahead, built.max_bad, built.max_stale_s) == (8, 40, 0.25)
+        bad_sizes.clear()
+        plan = prepare(cfg)
+        pool = local_batch_pool(FakeWorker([e.id for e in plan.transfer], delay=0.0), 4)
+        summary = run_study(cfg, pool=pool, show_progress=False)
+        assert summary.stored == 300 and not summary.lost
+        audit(root, "tiny", 300, 1, states={"COMPLETE": 300} if objectives else None)
+        assert len(bad_sizes) > 10, "ask-ahead fitted through the driver"
+        assert max(bad_sizes) <= 40 < 300 - 25, bad_sizes

@@ -278,3 +278,14 @@ def test_steer_refuses_bad_arguments_before_hooking(
         with steer(lm.model, args.pop("vector"), args.pop("layer"), **args):
             pass
     assert all(not m._forward_pre_hooks for m in lm.layers)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_examples_n_takes_the_first_n_held_out_prompts(
+    study: dict[str, Any], capsys: pytest.CaptureFixture[str], n: int
+) -> None:
+    vid = study["vectors"][0]["vector_id"]
+    [out] = try_json(capsys, "tiny", vid, "--root", study["root"], "--examples", str(n))
+    stored = [ex for ex, _ in A.held_out_prompts(study["st"], 99)]
+    assert len(stored) == 3 > n
+    assert [c["example"] for c in out["continuations"]] == stored[:n]
