@@ -181,6 +181,7 @@ def main() -> None:
         plan = prepare(cfg)
         path = os.pathsep.join([str(REPO / "tests" / "orchestrator"), str(REPO)])
         ray.init(
+            address="local",
             num_cpus=args.num_cpus,
             include_dashboard=False,
             log_to_driver=False,

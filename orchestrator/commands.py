@@ -110,9 +110,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _placement_line(cfg: Any) -> str:
     """``check``'s placement: the pools' request against the cluster named by
     ``ray.address`` or ``RAY_ADDRESS`` (connected to, never started), else
-    against what a new local cluster on this machine would hold, which
-    cannot grow: a request that does not fit there is refused, as ``run``
-    would refuse it (exit 2)."""
+    against what a new local cluster on this machine would hold. With
+    ``ray.address: local`` that is where the study runs, so a request that
+    does not fit is refused as ``run`` refuses it (exit 2); otherwise it is a
+    warning line (the study may be meant for a cluster)."""
     import os
 
     from orchestrator.run import placement
@@ -135,8 +136,13 @@ def _placement_line(cfg: Any) -> str:
             return f"placement: warning: {why}; run waits model.placement_timeout_s for room"
         return f"placement: the actors fit on the cluster at {address}"
     why = placement.check(cfg, placement.local_nodes(cfg))
-    if why:
+    if why and cfg.ray.address == "local":  # the study's own local cluster: run would refuse
         raise placement.PlacementError(f"{why}. A new local cluster does not grow")
+    if why:  # run may join a running cluster (address=auto), or be submitted to one
+        return (
+            f"placement: warning: on this machine {why}; submit it to a cluster with room "
+            "(steer-sweep submit), or set RAY_ADDRESS for check to compare with that cluster"
+        )
     return "placement: the actors fit on a new local cluster on this machine"
 
 

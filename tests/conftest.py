@@ -56,7 +56,13 @@ def ray_cluster() -> Iterator[Any]:
     """A local two-CPU Ray cluster for the tests of one module."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, namespace="steer-sweep", log_to_driver=False)
+    ray.init(  # its own cluster, never one another process left running on this machine
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        namespace="steer-sweep",
+        log_to_driver=False,
+    )
     yield ray
     ray.shutdown()
 

@@ -257,7 +257,6 @@ def refuse_unplaceable(config: StudyConfig, *, fresh: bool) -> None:
     if why is None:
         return
     if fresh:
-        ray.shutdown()
         raise placement.PlacementError(
             f"{why}. This run started its own local cluster, which does not grow"
         )
@@ -321,16 +320,29 @@ def run_study(
         check_placement(config)
     plan = prepare(config)
     lease = StudyLease(plan.store, config.name, stale_s=config.store.lease_stale_s)
+    ours = None  # the Ray this call started, shut down if the run fails
     if pool is None:  # Ray, and whether it can hold the actors, before anything is written
         lease.refuse_if_held(force=force_lease)  # a refused run starts no Ray
+        import ray
+
+        was = ray.is_initialized()
         how = connect_ray(config.ray)
         log.info("ray: %s", how)
-        refuse_unplaceable(config, fresh=how.startswith("new local cluster"))
-    lease.acquire(force=force_lease)  # before anything is written
+        ours = ray if not was and ray.is_initialized() else None
     try:
-        return _run(config, plan, lease, started, pool, scorer, show_progress, extend, force_config)
-    finally:
-        lease.release()
+        if pool is None:
+            refuse_unplaceable(config, fresh=how.startswith("new local cluster"))
+        lease.acquire(force=force_lease)  # before anything is written
+        try:
+            return _run(
+                config, plan, lease, started, pool, scorer, show_progress, extend, force_config
+            )
+        finally:
+            lease.release()
+    except BaseException:
+        if ours is not None:  # a bad config found late, a lost store: leave no Ray behind
+            ours.shutdown()
+        raise
 
 
 def _run(

@@ -100,6 +100,12 @@ def test_a_local_cluster_without_the_gpus_asked_for_refuses_at_once(tmp_path: Pa
     done, _ = _cli("check", str(path), "model.gpus_per_actor=0")
     assert done.returncode == 0, done.stderr
     assert "placement: the actors fit" in done.stdout
+    # Without ray.address the study may be meant for a cluster: a warning, not a refusal.
+    unset = _study(tmp_path, address=None)
+    done, _ = _cli("check", str(unset), env={"RAY_ADDRESS": ""})
+    assert done.returncode == 0, done.stderr
+    assert "placement: warning: on this machine" in done.stdout, done.stdout
+    assert "1 actor(s) of {CPU 1, GPU 1}" in done.stdout
 
 
 @pytest.fixture

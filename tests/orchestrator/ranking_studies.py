@@ -69,6 +69,20 @@ class RankWorker(FakeWorker):
         )
 
 
+class StdoutCapture:
+    """What ``run_study_cli`` needs of capsys, over a redirected stdout (a
+    module-scoped fixture has no capsys)."""
+
+    def __init__(self, buf: Any) -> None:
+        self.buf = buf
+
+    def readouterr(self) -> Any:
+        text = self.buf.getvalue()
+        self.buf.seek(0)
+        self.buf.truncate()
+        return type("Out", (), {"out": text, "err": ""})()
+
+
 def study_yaml(folder: Path, name: str) -> Path:
     data = {
         "name": name,

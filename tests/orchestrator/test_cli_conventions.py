@@ -21,24 +21,13 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 from cli_checks import assert_one_paragraph
-from ranking_studies import run_study_cli
+from ranking_studies import StdoutCapture, run_study_cli
 
 from orchestrator import cli
 from orchestrator.store import NoSuchStudy, open_study, read_control_vector
 from orchestrator.store.reader import fixed_list_to_numpy
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class _Cap:
-    def __init__(self, buf: io.StringIO) -> None:
-        self.buf = buf
-
-    def readouterr(self) -> Any:
-        text = self.buf.getvalue()
-        self.buf.seek(0)
-        self.buf.truncate()
-        return type("Out", (), {"out": text, "err": ""})()
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +37,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     try:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            run_out = run_study_cli(folder, "tmax", mp, _Cap(buf))  # type: ignore[arg-type]
+            run_out = run_study_cli(folder, "tmax", mp, StdoutCapture(buf))  # type: ignore[arg-type]
     finally:
         mp.undo()
     root = folder / "store"

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 from ranking_studies import (
     STUDIES,
+    StdoutCapture,
     report_top_ids,
     run_line_trials,
     run_study_cli,
@@ -192,25 +193,12 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         for name in STUDIES:
             buf = io.StringIO()  # capsys is per test; the studies are built once
             with contextlib.redirect_stdout(buf):
-                run_out = run_study_cli(folder, name, mp, _Cap(buf))  # type: ignore[arg-type]
+                run_out = run_study_cli(folder, name, mp, StdoutCapture(buf))  # type: ignore[arg-type]
             out[name] = {"run": run_out, **expected(folder / "store", name)}
     finally:
         mp.undo()
     out["root"] = folder / "store"
     return out
-
-
-class _Cap:
-    """What ``run_study_cli`` needs of capsys, over a redirected stdout."""
-
-    def __init__(self, buf: Any) -> None:
-        self.buf = buf
-
-    def readouterr(self) -> Any:
-        text = self.buf.getvalue()
-        self.buf.seek(0)
-        self.buf.truncate()
-        return type("Out", (), {"out": text, "err": ""})()
 
 
 def cli_out(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

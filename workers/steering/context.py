@@ -9,7 +9,7 @@ manager that removes its hooks on exit, normal or not::
 The vector acts where every vector of this project acts: on the residual
 stream entering decoder block ``layer`` (a forward pre-hook on the block),
 through the same arithmetic as the optimizer and the study's evaluation
-(``interventions._delta``), so a stored vector applied here gives the
+(``interventions._pre_hook``), so a stored vector applied here gives the
 study's stored generations.
 
 Which positions it touches (``tokens``) is decided per forward pass of the
@@ -42,7 +42,13 @@ from torch import Tensor, nn
 
 from workers.jobs import Intervention, TokenSelection
 from workers.models.layers import normalize_layer, resolve_layers
-from workers.steering.interventions import KIND_CODES, BatchSteering, JobMeta, _delta, params_from
+from workers.steering.interventions import (
+    KIND_CODES,
+    BatchSteering,
+    JobMeta,
+    _pre_hook,
+    params_from,
+)
 
 Tokens = str | int | TokenSelection
 
@@ -103,16 +109,9 @@ class _Steerer:
         if not self.active:
             return args, kwargs
         hidden = args[0] if args else kwargs["hidden_states"]
-        S = hidden.shape[0]
-        rows = torch.zeros(S, dtype=torch.long, device=hidden.device)
+        rows = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)  # (S,)
         batch = BatchSteering(self.params, self.meta, rows, positions=self.positions)
-        delta = _delta(batch, layer, hidden)
-        if delta is None:
-            return args, kwargs
-        steered = (hidden.to(torch.float32) + delta).to(hidden.dtype)
-        if args:
-            return (steered, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": steered}
+        return _pre_hook(batch, layer, _module, args, kwargs)
 
 
 def _select(sel: TokenSelection, real: Tensor) -> Tensor:
