@@ -1,16 +1,22 @@
 """Time per optimization step of the core optimizer, solo and batched.
 
 Usage: python bench/core_step.py [--model smollm2-135m-instruct] [--batch 8] [--steps 10]
+       [--out bench/results/core_step_cpu.json]
 
 Prints seconds per optimizer step for one job alone and for a batch of B jobs
 (different prompts and layers), plus seconds per *vector*-step for the batch.
-Each run first takes 2 warm-up steps, which are not counted.
+Each run first takes 2 warm-up steps, which are not counted. The figures are
+also written as JSON to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -60,6 +66,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--layer", type=int, default=12)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "core_step_cpu.json",
+        help="write the figures as JSON here",
+    )
     args = parser.parse_args()
     lm = load_model(ModelSpec(args.model, dtype=args.dtype))
     print(
@@ -73,6 +85,25 @@ def main() -> None:
         f"{batched / args.batch * 1000:.1f} ms per vector-step "
         f"({solo * args.batch / batched:.2f}x the solo throughput)"
     )
+    result = {
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "model": args.model,
+        "device": str(lm.device),
+        "dtype": str(lm.dtype),
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "steps": args.steps,
+        "layer": args.layer,
+        "solo_ms_per_step": solo * 1000,
+        "batch_ms_per_step": batched * 1000,
+        "batch_ms_per_vector_step": batched / args.batch * 1000,
+        "batch_throughput_over_solo": solo * args.batch / batched,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=float))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""A/B the driver benchmark: this tree against an earlier commit, alternating.
+"""A/B the driver benchmark: the working tree against another git revision, alternating.
 
 Usage: python bench/driver_ab.py --base REV [--pairs 3] --out bench/results/X.json
        -- <bench/driver_capacity.py arguments>
@@ -48,7 +48,7 @@ def _short(rev: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--base", required=True, help="the commit to compare against")
+    parser.add_argument("--base", required=True, help="the git revision to compare against")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("bench_args", nargs=argparse.REMAINDER)

@@ -4,8 +4,8 @@ Usage: python bench/driver_capacity.py [--trials 2000] [--actors 16] [--seconds 
        [--ask-ahead N] [--stale-ms T] [--group-trials N] [--group-ms T]
        [--store local|moto] [--out bench/results/X.json]
 
-The issue-14 run: ``--trials 10000 --actors 64 --seconds 0.2`` (64 workers
-that could absorb 320 trials/s).
+The 64-worker run of docs/benchmarks.md ("Driver at scale"): ``--trials 10000
+--actors 64 --seconds 0.2`` (64 workers that could absorb 320 trials/s).
 
 Fake workers (threads, no model) take ``--seconds`` per vector (one vector per
 trial); the real driver runs TPE (constant liar) ask/tell, the scheduler and

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of issue #15 in one call of at most 8 minutes, JSON to
+# Every GPU benchmark in one call of at most 8 minutes, JSON to
 # $OUT after every stage (a call cut short still reports what it measured):
 #   1. bench/gpu_smoke.py: every worker path once on CUDA (device mix-ups);
 #   2. bench/engine_bench.py: the engine against the seed-style loop, uniform

@@ -1,9 +1,9 @@
-"""The headline study of issue #15: thousands of one-shot vectors through the
+"""The headline study: thousands of one-shot vectors through the
 real driver, sampler, streaming engine and Parquet store, on one accelerator.
 
 Usage (repo root):
     PYTHONPATH=. python bench/headline_study.py --shape gemma-2-2b \\
-        --vectors 2000,10000 --budget-s 300 --out results/headline.json
+        --vectors 2000,10000 --budget-s 300 --out bench/results/headline.json
     PYTHONPATH=. python bench/headline_study.py --smoke --out /tmp/headline.json
 
 Each stage is one study of N vectors (``--vectors``, run in order): ``N /

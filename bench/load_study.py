@@ -12,13 +12,16 @@ keeps objects in Python memory, so it is slower than real S3).
 
 Prints trials completed, wall time, the driver's resident memory (peak, and
 sampled every ``--sample-s`` seconds: a soak's growth), the store's object
-count before and after ``compact``, and ``compact``'s wall time.
+count before and after ``compact``, and ``compact``'s wall time; the same figures
+as JSON to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import resource
 import sys
 import threading
@@ -144,6 +147,12 @@ def main() -> None:
     parser.add_argument("--sampler", default="tpe", choices=["tpe", "random"])
     parser.add_argument("--num-cpus", type=int, default=2, help="the local Ray cluster's CPUs")
     parser.add_argument("--sample-s", type=float, default=10.0, help="RSS sampling period")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "bench" / "results" / "load_study.json",
+        help="write the figures as JSON here",
+    )
     args = parser.parse_args()
 
     import boto3
@@ -224,6 +233,27 @@ def main() -> None:
             f"{n2 - n1} vectors ({(mb2 - mb1) / max(n2 - n1, 1) * 1000:+.1f} MB per 1000)"
         )
     print(f"store objects: {before} before compact, {after} after ({compact_s:.1f} s; {report})")
+    result = {
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "told": summary.told,
+        "states": summary.states,
+        "stored": stored,
+        "wall_s": wall,
+        "trials_per_s": summary.told / wall,
+        "seconds": summary.seconds,
+        "rss_mb_start": rss_start,
+        "rss_mb_peak": peak,
+        "rss_samples": sampler.samples,
+        "objects_before_compact": before,
+        "objects_after_compact": after,
+        "compact_s": compact_s,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

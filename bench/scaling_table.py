@@ -1,4 +1,4 @@
-"""The data-scaling figures for the README: transfer success against K per
+"""The data-scaling figures of docs/benchmarks.md: transfer success against K per
 study, and what predicts transfer, read from stores the studies wrote.
 
 Usage (repo root), after running the studies:

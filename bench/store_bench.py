@@ -7,7 +7,8 @@ For each backend it prints, in seconds:
 - write: ``StoreWriter.write_trial`` for every trial (vectors + transfer + trial row);
 - read all: open the study and load every vector into one (N, D) float32 matrix;
 - one layer: ``Study.layer_matrix(L)`` for one layer;
-then the same two reads after ``compact``.
+then the same two reads after ``compact``. The figures are also written as
+JSON to ``--out``.
 
 The S3 figures come from a moto server on 127.0.0.1 run as a separate process
 (so it does not share this process's GIL). moto keeps objects in Python
@@ -18,7 +19,10 @@ not real S3 throughput. Not a test: nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -148,6 +152,12 @@ def main() -> None:
     p.add_argument("--n-eval", type=int, default=10, help="transfer rows per vector")
     p.add_argument("--layer", type=int, default=5, help="layer loaded by layer_matrix")
     p.add_argument("--backends", default="file,s3")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "store_cpu.json",
+        help="write the figures as JSON here",
+    )
     args = p.parse_args()
 
     results = []
@@ -193,6 +203,17 @@ def main() -> None:
             f"{f.read_all_compacted_s:>13.2f}{f.layer_compacted_s:>10.3f}"
         )
     print("* after compact. 'layer' = Study.layer_matrix(layer) into an (n, d) numpy matrix.")
+    result = {
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "vector_mb": n * d * 4 / 1e6,
+        "backends": [dataclasses.asdict(f) for f in results],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ It runs through the real driver, sampler and Parquet store, with one
 ``SteeringWorker`` (8 rows) in this process:
 
 - ``batch``: one batch of up to 8 assignments per call, all outcomes at its
-  end (``model.engine: batch``, the protocol before streaming);
+  end (``model.engine: batch``);
 - ``stream``: one resident engine, its inbox topped up to 16, each outcome
   out when its vector is done and evaluated (``model.engine: stream``).
 

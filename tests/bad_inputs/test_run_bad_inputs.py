@@ -163,7 +163,7 @@ CASES: list[tuple[str, Any, list[str], list[str]]] = [
         ["model.name: could not read GGUF metadata", "cut.gguf"],
     ),
     ("study name escaping the root", {"name": "../outside"}, [], ["name:", "'../outside'"]),
-    # Values that used to pass the checks and fail only at run time (issue 19).
+    # Values that only a run would otherwise find out: refused by the checks.
     ("infinite lr", {}, ["search.lr=.inf"], ["search.lr", "finite number"]),
     ("nan norm in a list", {}, ["search.norm=[4.0, .nan]"], ["search.norm", "finite number"]),
     ("infinite max_kl", {}, ["evaluation.max_kl=.inf"], ["evaluation.max_kl", "finite number"]),

@@ -92,7 +92,7 @@ def failing_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_a_bucket_emptied_and_recreated_mid_study_is_put_back(
     s3: tuple[Any, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The false success of issue 19: the bucket vanished with its objects and
+    """No false success: the bucket vanished with its objects and
     came back empty; the run must not count what the store no longer has."""
     client, bucket = s3
     root = f"s3://{bucket}/sweeps"

@@ -1,4 +1,4 @@
-"""Static checks of the deployment files in infra/ (issue 7).
+"""Static checks of the deployment files in infra/.
 
 Nothing here needs Docker, Kubernetes, a cloud account or the network:
 - every YAML file parses;

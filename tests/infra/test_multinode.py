@@ -1,4 +1,4 @@
-"""Multi-node behaviour on one machine (issue 7), with ``ray.cluster_utils.Cluster``.
+"""Multi-node behaviour on one machine, with ``ray.cluster_utils.Cluster``.
 
 Each test starts a real Ray cluster of several raylets on this machine: a head
 that declares no GPU (the driver's node, as in infra/kuberay) and worker nodes

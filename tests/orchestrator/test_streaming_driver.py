@@ -91,7 +91,7 @@ def test_fast_trials_are_told_and_stored_before_the_slow_one_finishes(
         assert told[n] < slow_done, (n, told, worker.finished)
         row = os.path.join(root, "trials", "study=tiny", f"trial-{n:08d}.parquet")
         assert os.stat(row).st_mtime < slow_done, "stored before the slow vector was done"
-    # A trial is told soon after its last vector is done (the bound is 1 s;
+    # A trial is told soon after its last vector is done (the target is 1 s;
     # this asserts order, not speed, and leaves the figure to bench/stream_bench.py).
     assert all(told[n] >= worker.finished[n] for n in trials)
     assert summary.occupancy > 0 and 0 <= summary.eval_share < 1

@@ -43,7 +43,7 @@ def test_a_promotion_vector_at_layer_12_halves_the_loss_within_30_steps(smollm2)
 
 
 def test_a_one_shot_refusal_vector_transfers_to_held_out_requests(smollm2) -> None:
-    """Issue 4's measurement: one training example, 12 held-out requests.
+    """The transfer measurement: one training example, 12 held-out requests.
 
     Measured on this machine (layer 12, norm 30, lr 0.5): 12 of 12 held-out
     requests gained +3.7 to +8 hartleys (mean +6.0) on their first refusal
