@@ -301,7 +301,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     holder = read_holder(study.root, study.name)
     if holder is not None:
         # compact does not take the lease (it never changes a query's result);
-        # see the README's Guarantees for what a concurrent writer means here.
+        # see docs/store.md, "Guarantees", for what a concurrent writer means here.
         log.warning(
             "study %s is being run by %s; compacting anyway: trials it writes meanwhile "
             "stay as their own files until the next compact",

@@ -1,4 +1,4 @@
-"""The import rules of the architecture (README, "Architecture"), checked on the code.
+"""The import rules of the architecture (docs/architecture.md, "Import rules"), checked on the code.
 
 Each rule says that the modules of one part of the project never import a
 module, directly or through other project modules. Imports are read from the

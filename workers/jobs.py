@@ -90,7 +90,7 @@ class KLTerm:
 
 @dataclass(frozen=True)
 class Intervention:
-    """How the vector acts on the residual stream (README, "Methods").
+    """How the vector acts on the residual stream (docs/methods.md).
 
     - ``add``: ``x -> x + v``.
     - ``clamp``: ``x -> x - (v v^T / |v|^2) x + clamp_coef * v`` (paper §4.1, §4.4).

@@ -1,7 +1,7 @@
 """Parsing and checking the fields of one row; every failure names file, line and field.
 
 Lists in CSV cells are JSON arrays; ``messages`` and ``meta`` may be JSON
-strings in any format. See the README section "Datasets" for the field table.
+strings in any format. See docs/datasets.md for the field table.
 """
 
 from __future__ import annotations

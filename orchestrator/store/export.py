@@ -17,7 +17,7 @@ Layer index convention, checked against llama.cpp's source:
   Hugging Face terms that is the output of ``model.layers[il]``
   (``hidden_states[il + 1]``), the same index repeng uses.
 - This project steers the residual stream *entering* block ``l`` (a forward
-  pre-hook; README, "Methods"), so a vector stored at layer ``l`` is written as
+  pre-hook; docs/cli.md, "export"), so a vector stored at layer ``l`` is written as
   ``direction.<l - 1>`` (``gguf_layer_offset=-1``). Layers 0 and 1 have no
   llama.cpp slot (block 0's input is the embeddings; ``direction.0`` is
   rejected) and raise ``ValueError``.

@@ -2,7 +2,7 @@
 on bad input: a misspelled study or root, counts that are not positive, ids the
 study does not have, vectors that cannot be exported, an ``--out`` that is a
 file. Each is one paragraph, exit 2, and writes nothing; ``export`` takes its
-ids in the order the README shows them.
+ids in the order docs/cli.md shows them.
 """
 
 from __future__ import annotations

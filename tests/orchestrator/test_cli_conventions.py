@@ -133,7 +133,7 @@ def test_try_and_export_take_ids_anywhere(
     vid = study["ids"][0]
     forms = [
         ["tmax", vid, "--root", study["root"]],
-        ["tmax", "--root", study["root"], vid],  # the README's form
+        ["tmax", "--root", study["root"], vid],  # the form docs/cli.md shows
         ["--root", study["root"], "tmax", vid],
         [study["yaml"], vid],
         [study["yaml"], "--tokens", "2", vid],

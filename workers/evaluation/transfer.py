@@ -5,7 +5,7 @@ Every metric is batched over (vector, example) pairs and returns tidy
 unsteered value, success. Values are in the unit of ``log_base`` (base 10:
 hartleys) unless the metric says otherwise.
 
-Metrics (README, "Transfer metrics"):
+Metrics (docs/methods.md, "Transfer metrics"):
 - ``target_logprob:<kind>:<i>``: teacher-forced log-probability of target ``i``.
 - ``choice_flip:+`` / ``choice_flip:-``: does adding (``+``) or subtracting
   (``-``) the vector flip the argmax between single-token choices (§3)?
