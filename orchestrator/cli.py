@@ -323,6 +323,40 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+# Errors that are one paragraph and an exit code, by the module that defines
+# them. Looked up in sys.modules, never imported: an exception of a class can
+# only be raised once its module is loaded, and a command that reads the store
+# must not import torch (workers.models) to name an error.
+_STOPPED = ("orchestrator.run.committer:StoreUnavailable", "orchestrator.store.lease:LeaseLost",
+            "orchestrator.run.placement:PlacementTimeout")  # fmt: skip
+_BAD_INPUT = ("orchestrator.commands:BadInput", "orchestrator.study.config:ConfigError",
+              "orchestrator.datasets.rows:DatasetError",
+              "orchestrator.run.preflight:PreflightError",
+              "orchestrator.store.errors:StoreConfigError",
+              "orchestrator.store.errors:StudyConfigMismatch",
+              "orchestrator.store.errors:NoSuchStudy", "orchestrator.store.lease:LeaseHeld",
+              "workers.steering.encoding:JobError", "workers.models.spec:ModelLoadError",
+              "workers.models.layers:LayerResolutionError")  # fmt: skip
+
+
+def _is_one_of(exc: BaseException, names: Sequence[str]) -> bool:
+    for name in names:
+        module, _, cls = name.partition(":")
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, cls)):
+            return True
+    return False
+
+
+def _exit_code(exc: BaseException) -> int | None:
+    """1 for a run that stopped, 2 for bad input, None for anything else."""
+    if _is_one_of(exc, _STOPPED):
+        return C.EXIT_FAILED
+    if _is_one_of(exc, _BAD_INPUT):
+        return C.EXIT_BAD_INPUT
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse(argv)
@@ -338,32 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # botocore at DEBUG would print request headers, session tokens included.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("gguf").setLevel(logging.WARNING)  # a line per file written
-    from orchestrator.datasets import DatasetError
-    from orchestrator.run.committer import StoreUnavailable
-    from orchestrator.run.placement import PlacementTimeout
-    from orchestrator.run.preflight import PreflightError
-    from orchestrator.store import (
-        LeaseHeld,
-        LeaseLost,
-        NoSuchStudy,
-        StoreConfigError,
-        StudyConfigMismatch,
-    )
-    from orchestrator.study.config import ConfigError
-    from workers.models import ModelLoadError
-    from workers.models.layers import LayerResolutionError
-    from workers.steering.encoding import JobError
-
-    bad_input = (C.BadInput, ConfigError, DatasetError, PreflightError, StoreConfigError,
-                 StudyConfigMismatch, JobError, ModelLoadError, LayerResolutionError,
-                 NoSuchStudy, LeaseHeld)  # fmt: skip
     try:
         return int(args.func(args))
-    except (StoreUnavailable, LeaseLost, PlacementTimeout) as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)  # the run stopped; nothing finished is lost
-        return C.EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -373,14 +383,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return C.EXIT_OK
-    except bad_input as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return C.EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - one paragraph, not a wall of frames
         if args.debug:
             raise
+        code = _exit_code(exc)
+        if code is not None:  # bad input, or a run that stopped: nothing finished is lost
+            print(f"error: {exc}", file=sys.stderr)
+            return code
         print(
             f"error: {type(exc).__name__}: {exc}\n(run with --debug for the traceback)",
             file=sys.stderr,

@@ -186,10 +186,10 @@ def _plant(tmp_path: Path, module: str, line: str) -> Path:
     [
         # direct, lazy, inside a function
         ("workers.evaluation.judges", "import orchestrator.store", "workers", "orchestrator"),
-        # indirect: the store reaches torch through workers' package __init__
+        # indirect: the store reaches torch through workers.models' __init__
         (
             "orchestrator.store.records",
-            "from workers.jobs import chat",
+            "from workers.models import ModelSpec",
             "orchestrator.store",
             "torch",
         ),

@@ -14,22 +14,28 @@ ones before it:
 This package never imports ``orchestrator`` (tests/test_architecture.py).
 """
 
-from workers.engine.loop import optimize
-from workers.jobs import (
-    Intervention,
-    KLTerm,
-    LossSettings,
-    ScoredPrompt,
-    StopRules,
-    Target,
-    TokenSelection,
-    VectorJob,
-    VectorResult,
-    chat,
-)
-from workers.models import LoadedModel, ModelLoadError, ModelSpec, load_model
-from workers.steering.context import steer
+from typing import TYPE_CHECKING, Any
 
+# The public names, imported on first use: `import workers.jobs` (plain data,
+# what the store and the datasets need) must not load torch and the engine.
+_PUBLIC = {
+    "optimize": "workers.engine.loop",
+    "Intervention": "workers.jobs",
+    "KLTerm": "workers.jobs",
+    "LossSettings": "workers.jobs",
+    "ScoredPrompt": "workers.jobs",
+    "StopRules": "workers.jobs",
+    "Target": "workers.jobs",
+    "TokenSelection": "workers.jobs",
+    "VectorJob": "workers.jobs",
+    "VectorResult": "workers.jobs",
+    "chat": "workers.jobs",
+    "LoadedModel": "workers.models",
+    "ModelLoadError": "workers.models",
+    "ModelSpec": "workers.models",
+    "load_model": "workers.models",
+    "steer": "workers.steering.context",
+}
 __all__ = [
     "Intervention",
     "KLTerm",
@@ -48,3 +54,30 @@ __all__ = [
     "optimize",
     "steer",
 ]
+
+if TYPE_CHECKING:
+    from workers.engine.loop import optimize
+    from workers.jobs import (
+        Intervention,
+        KLTerm,
+        LossSettings,
+        ScoredPrompt,
+        StopRules,
+        Target,
+        TokenSelection,
+        VectorJob,
+        VectorResult,
+        chat,
+    )
+    from workers.models import LoadedModel, ModelLoadError, ModelSpec, load_model
+    from workers.steering.context import steer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        import importlib
+
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module 'workers' has no attribute {name!r}")

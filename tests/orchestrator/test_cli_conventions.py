@@ -259,3 +259,56 @@ def test_the_python_api_ranks_as_best_lists(study: dict[str, Any], capsys: Any) 
     trials = orchestrator.rank_trials(orchestrator.open_study(study["root"], "tmax"))
     assert list(trials["trial"]) == list(dict.fromkeys(ranked["trial"]))
     assert "Only COMPLETE trials are ranked" in orchestrator.RULE
+
+
+_NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # an import of either now raises ImportError
+sys.modules["transformers"] = None
+from orchestrator.cli import main
+code = main(sys.argv[1:])
+assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None], "torch imported"
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["status", "tmax"], 0),
+        (["best", "tmax", "--top", "3"], 0),
+        (["export", "tmax", "--best", "1", "--format", "gguf", "--out", "{tmp}/gguf"], 0),
+        (["report", "tmax", "--out", "{tmp}/report"], 0),
+        (["compact", "tmax"], 0),
+        (["status", "no-such-study"], 2),  # the error path names no torch class either
+    ],
+    ids=["status", "best", "export", "report", "compact", "bad-name"],
+)
+def test_a_read_command_never_imports_torch_or_transformers(
+    study: dict[str, Any], argv: list[str], code: int, tmp_path: Path
+) -> None:
+    args = [*(a.format(tmp=tmp_path) for a in argv), "--root", study["root"]]
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, "-q", *args], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == code, done.stderr
+    if code:
+        assert_one_paragraph(done.stderr, "no study 'no-such-study'")
+
+
+def test_every_error_the_command_line_names_is_a_real_exception_class() -> None:
+    import importlib
+
+    for name in (*cli._STOPPED, *cli._BAD_INPUT):
+        module, _, cls = name.partition(":")
+        found = getattr(importlib.import_module(module), cls)
+        assert isinstance(found, type) and issubclass(found, Exception), name
+    # An error of each kind gets its exit code (a subclass too), anything else none.
+    from orchestrator.run.committer import StoreUnavailable
+    from orchestrator.run.placement import PlacementError
+    from workers.models import ModelLoadError
+
+    assert cli._exit_code(StoreUnavailable("x")) == 1
+    assert cli._exit_code(PlacementError("x")) == 2
+    assert cli._exit_code(ModelLoadError("x")) == 2
+    assert cli._exit_code(KeyError("x")) is None
