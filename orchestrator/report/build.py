@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from orchestrator.report import figures as F
 from orchestrator.report.data import (
     ReportData,
+    heatmap_cells,
     load_report_data,
     read_loss_histories,
     read_vectors,
@@ -71,6 +72,10 @@ def build_report(
     summary.assign(study=study).to_parquet(result.summary, index=False)
 
     figure = _FigureWriter(out, result).section
+    norm = ((data.config or {}).get("search") or {}).get("norm")
+    cells, binned = heatmap_cells(
+        data.vectors, log=isinstance(norm, dict) and bool(norm.get("log"))
+    )
     gain = (
         f" Below: the mean change of held-out target log-probabilities ({data.unit}), suppress "
         "targets negated, so positive is the intended way."
@@ -81,14 +86,14 @@ def build_report(
         figure(
             "transfer_heatmap",
             "Transfer success by layer",
-            F.transfer_heatmap(summary, data.unit, data.lead),
+            F.transfer_heatmap(cells, data.unit, data.lead),
             (
                 "Mean over the vectors in each cell of their transfer success: the fraction of "
                 "their held-out rows (every example and metric) that succeeded. "
                 if not data.lead.note
                 else f"{data.lead.note} Mean over the vectors in each cell. "
             )
-            + f"{gain} Grey: no vectors.",
+            + f"{gain} Grey: no vectors. {binned}".rstrip(),
             _summary_details(summary),
         ),
         figure(
@@ -97,7 +102,9 @@ def build_report(
             F.vector_success(data),
             "One bar per vector in rank order (the ranking of steer-sweep best: the trial's "
             "objective, then the vector's own value of it); colour: the training example it "
-            "was optimized on (the shape of the paper's Fig. 2). " + data.lead.note,
+            "was optimized on (the shape of the paper's Fig. 2). "
+            + data.lead.note
+            + _sampled(len(data.one_shot)),
         ),
         figure("optuna_history", "Optuna history", F.optuna_history(data)),
     ]
@@ -203,6 +210,16 @@ def _headline(data: ReportData, counts: dict[str, int]) -> str:
     if data.vectors.empty:
         return "No vectors with transfer results are stored yet."
     return ""
+
+
+def _sampled(n: int) -> str:
+    drawn = len(F.drawn_ranks(n))
+    if drawn == n:
+        return ""
+    return (
+        f" {drawn} of the {n} vectors are drawn, evenly spaced in rank order (the best and "
+        "the worst among them); the dashed median is over every vector."
+    )
 
 
 def _summary_details(summary: pd.DataFrame) -> str:

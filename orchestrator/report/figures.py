@@ -43,7 +43,9 @@ def new_figure(name: str) -> Figure:
     return Figure(figsize=(w / DPI, h / DPI), dpi=DPI, layout="constrained")
 
 
-def _norm_text(norm: float) -> str:
+def _norm_text(norm: float | str) -> str:
+    if isinstance(norm, str):  # a bin of norm bounds (data.heatmap_cells)
+        return f"r in {norm}"
     return (
         "r = none"
         if norm is None or (isinstance(norm, float) and math.isnan(norm))
@@ -65,13 +67,11 @@ def transfer_heatmap(summary: pd.DataFrame, unit: str, lead: Lead | None = None)
     layers = sorted(int(x) for x in summary["layer"].unique())
     shape = (len(row_keys), len(layers))
     success, gain, count = np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape, int)
+    row_of = {(k, _key(n), s): i for i, (k, n, s) in enumerate(row_keys)}
+    col_of = {x: j for j, x in enumerate(layers)}
     for r in summary.itertuples(index=False):
-        i = next(
-            j
-            for j, (k, n, s) in enumerate(row_keys)
-            if k == r.loss_kind and _same(n, r.norm_bound) and s == int(r.shots)
-        )
-        j = layers.index(int(r.layer))
+        i = row_of[(str(r.loss_kind), _key(r.norm_bound), int(r.shots))]
+        j = col_of[int(r.layer)]
         success[i, j], gain[i, j], count[i, j] = (
             r.transfer_success_mean
             if lead.column == "transfer_success"
@@ -129,10 +129,22 @@ def _annotate(ax: Any, m: np.ndarray, count: np.ndarray, lo: float, hi: float, s
             )
 
 
-def _same(a: object, b: object) -> bool:
-    nan_a = a is None or (isinstance(a, float) and math.isnan(a))
-    nan_b = b is None or (isinstance(b, float) and math.isnan(b))
-    return (nan_a and nan_b) or a == b
+def _key(norm: object) -> object:
+    """A norm bound as a dict key: every missing value (None, NaN) the same."""
+    return None if norm is None or (isinstance(norm, float) and math.isnan(norm)) else norm
+
+
+# The most bars the per-vector figure draws; past it, evenly spaced ranks.
+MAX_BARS = 500
+
+
+def drawn_ranks(n: int) -> np.ndarray:
+    """Which of ``n`` vectors in rank order the per-vector figure draws: all of
+    them up to ``MAX_BARS``, else ``MAX_BARS`` evenly spaced ranks, the best
+    and the worst among them."""
+    if n <= MAX_BARS:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, MAX_BARS).round().astype(int))
 
 
 def vector_success(data: ReportData) -> Figure | str:
@@ -140,9 +152,11 @@ def vector_success(data: ReportData) -> Figure | str:
     the lead metric (:class:`Lead`), coloured by training example; hatched
     by loss kind when there are several. A second panel shows the
     log-probability gain."""
-    v = data.one_shot
-    if v.empty:
+    every = data.one_shot
+    if every.empty:
         return "no vectors with transfer results stored"
+    drawn = drawn_ranks(len(every))
+    v = every.iloc[drawn]
     examples = sorted(v["example_id"].astype(str).unique())
     palette = _palette(len(examples))
     colour = {e: palette[i] for i, e in enumerate(examples)}
@@ -154,20 +168,24 @@ def vector_success(data: ReportData) -> Figure | str:
         panels.append(("logprob_gain", f"target log-prob gain ({data.unit})"))
     fig = new_figure("vector_success")
     axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
-    x = np.arange(len(v))
+    x = drawn
+    step = len(every) / len(v)
     for ax, (col, label) in zip(axes, panels, strict=True):
         vals = v[col].to_numpy(float)
-        bars = ax.bar(x, np.nan_to_num(vals), width=0.9 if len(v) < 80 else 1.0, color=colours)
-        for bar, kind in zip(bars, v["loss_kind"].astype(str), strict=True):
-            bar.set_hatch(hatches.get(kind, ""))
-        med = float(np.nanmedian(vals))
+        width = 0.9 * step if len(v) < 80 else step
+        bars = ax.bar(x, np.nan_to_num(vals), width=width, color=colours)
+        if len(kinds) > 1:
+            for bar, kind in zip(bars, v["loss_kind"].astype(str), strict=True):
+                bar.set_hatch(hatches.get(kind, ""))
+        med = float(np.nanmedian(every[col].to_numpy(float)))  # over every vector
         ax.axhline(med, color="black", lw=1, ls="--", label=f"median {med:.2f}")
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     if data.lead.limits is not None:
         axes[0].set_ylim(data.lead.limits[0], data.lead.limits[1] * 1.05)
-    axes[0].set_xlim(-0.6, len(v) - 0.4)
-    axes[-1].set_xlabel(f"vectors in rank order ({len(v)} vectors)")
+    axes[0].set_xlim(-0.6 * step, len(every) - 1 + 0.6 * step)
+    shown = f"{len(every)} vectors" + (f", {len(v)} drawn" if len(v) < len(every) else "")
+    axes[-1].set_xlabel(f"vectors in rank order ({shown})")
     axes[0].set_title("Transfer per vector, best first (dashed: median)")
     handles: list[Any] = [axes[0].get_lines()[0]]
     if len(examples) <= 20:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from orchestrator.report.data import CAA_KIND, ReportData, read_loss_histories, read_vectors
+from orchestrator.report.data import CAA_KIND, ReportData
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,36 +69,57 @@ def signals(st: Study, data: ReportData) -> pd.DataFrame:
     out = own[keep]
     out = out.copy()
     out["loss_ratio"] = own["final_loss"] / own["initial_loss"].where(own["initial_loss"] != 0)
-    histories = read_loss_histories(st, [str(x) for x in own["vector_id"]])
-    out["early_drop"] = [early_drop(histories.get(str(x), [])) for x in own["vector_id"]]
-    ids, mat = read_vectors(st, [str(x) for x in v["vector_id"]])
-    unit = _unit_rows(mat)
-    row = {vid: i for i, vid in enumerate(ids)}
-    own_ids = [str(x) for x in out["vector_id"]]
-    own_layers = [int(x) for x in out["layer"]]
+    drops = _early_drops(st)
+    out["early_drop"] = [drops.get(str(x), float("nan")) for x in own["vector_id"]]
+    # Per layer (read one layer at a time: memory bounded by the largest
+    # layer, not the study), the sum of its vectors' unit rows: a vector's
+    # mean cosine to the others there is (its row . sum - its row . itself)
+    # / (m - 1), one pass over the vectors instead of one per pair.
     caa_at = {int(r.layer): str(r.vector_id) for r in caa.itertuples()}
-    # Per layer, the sum of its vectors' unit rows: a vector's mean cosine to
-    # the others there is (its row . sum - its row . itself) / (m - 1), one
-    # pass over the vectors instead of one per pair.
-    members: dict[int, list[int]] = {}
-    for vid, layer in zip(own_ids, own_layers, strict=True):
-        if vid in row:
-            members.setdefault(layer, []).append(row[vid])
-    sums = {layer: unit[idx].sum(axis=0) for layer, idx in members.items()}
-    cos_caa, cos_others = [], []
-    for vid, layer in zip(own_ids, own_layers, strict=True):
-        i, c, m = row.get(vid), caa_at.get(layer), len(members.get(layer, ()))
-        cos_caa.append(
-            float(unit[i] @ unit[row[c]]) if i is not None and c in row else float("nan")
-        )
-        cos_others.append(
-            float((unit[i] @ sums[layer] - unit[i] @ unit[i]) / (m - 1))
-            if i is not None and m > 1
-            else float("nan")
-        )
-    out["cos_caa"] = cos_caa
-    out["cos_others"] = cos_others
+    cos_caa: dict[str, float] = {}
+    cos_others: dict[str, float] = {}
+    for layer, ids in out.groupby("layer")["vector_id"]:
+        got, mat = st.layer_matrix(int(layer))
+        unit = _unit_rows(mat)
+        row = {vid: i for i, vid in enumerate(got)}
+        members = [row[str(v)] for v in ids if str(v) in row]
+        total, m = unit[members].sum(axis=0), len(members)
+        c = caa_at.get(int(layer))
+        for vid in ids:
+            i = row.get(str(vid))
+            if i is None:
+                continue
+            if c in row:
+                cos_caa[str(vid)] = float(unit[i] @ unit[row[c]])
+            if m > 1:
+                cos_others[str(vid)] = float((unit[i] @ total - unit[i] @ unit[i]) / (m - 1))
+    nan = float("nan")
+    own_ids = [str(x) for x in out["vector_id"]]
+    cos_caa_col = [cos_caa.get(v, nan) for v in own_ids]
+    cos_others_col = [cos_others.get(v, nan) for v in own_ids]
+    out["cos_caa"] = cos_caa_col
+    out["cos_others"] = cos_others_col
     return out[["vector_id", "transfer_success", "logprob_gain", "vector_objective_0", *SIGNALS]]
+
+
+def _early_drops(st: Study) -> dict[str, float]:
+    """:func:`early_drop` of every stored vector, from the ``loss_history``
+    column's flat values and offsets (no Python list per vector)."""
+    t = st.vectors.to_table(columns=["vector_id", "loss_history"])
+    hist = t["loss_history"].combine_chunks()
+    offsets = hist.offsets.to_numpy()  # into hist.values, whatever the array's slice
+    values = hist.values.to_numpy(zero_copy_only=False).astype(float)
+    ids = t["vector_id"].to_pylist()
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    ok = lengths >= 3
+    first = np.where(ok, values[np.where(ok, starts, 0)], np.nan)
+    last = np.where(ok, values[np.where(ok, starts + lengths - 1, 0)], np.nan)
+    mid = np.where(ok, values[np.where(ok, starts + lengths // 2, 0)], np.nan)
+    total = first - last
+    with np.errstate(invalid="ignore", divide="ignore"):
+        drop = np.where(ok & (total > 0), (first - mid) / np.where(total > 0, total, 1.0), np.nan)
+    return dict(zip(ids, drop.tolist(), strict=True))
 
 
 def early_drop(history: list[float]) -> float:
@@ -163,12 +184,19 @@ def spearman(a: pd.Series, b: pd.Series) -> float:
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     """The probability that a random positive scores above a random negative
     (ties count one half): the Mann-Whitney form of the ROC-AUC."""
-    pos, neg = score[y == 1], score[y == 0]
-    if not len(pos) or not len(neg):
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if not n_pos or not n_neg:
         return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+    # From the positives' ranks among all scores (ties get their mean rank),
+    # in O(n log n) time and O(n) memory: the pairwise form needs n_pos x n_neg.
+    order = np.argsort(score, kind="stable")
+    ranked = score[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    ends = np.r_[starts[1:], len(ranked)]
+    mean_rank = (starts + ends + 1) / 2.0  # ranks from 1; a tie group shares its mean
+    ranks = np.empty(len(score))
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50) -> np.ndarray:

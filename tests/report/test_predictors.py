@@ -85,5 +85,10 @@ def test_the_reports_correlations_equal_a_direct_computation(tmp_path: Path) -> 
     for vid in list(unit)[:6]:
         peers = [unit[p] @ unit[vid] for p in unit if p != vid and layer[p] == layer[vid]]
         assert sig.loc[vid, "cos_others"] == pytest.approx(np.mean(peers), abs=1e-6)
+    # early_drop, read from the flat loss-history column, is early_drop of each history.
+    for r in raw.itertuples():
+        want = P.early_drop(list(r.loss_history))
+        got = sig.loc[r.vector_id, "early_drop"]
+        assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want, abs=1e-12)
     page = res.html.read_text(encoding="utf-8")
     assert "What predicts transfer" in page and "ROC-AUC" in page
