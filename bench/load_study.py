@@ -40,8 +40,7 @@ from orchestrator.run.pools import Done, WorkerLost  # noqa: E402
 from orchestrator.run.preflight import prepare  # noqa: E402
 from orchestrator.run.runner import run_study  # noqa: E402
 from orchestrator.store import compact, open_study  # noqa: E402
-from workers.service.assignments import Assignment, VectorOutcome  # noqa: E402
-from workers.service.stream import BatchWorker, Drained  # noqa: E402
+from workers.service.protocol import Assignment, BatchWorker, Drained, VectorOutcome  # noqa: E402  # noqa: E402
 
 
 class FakeActor:

@@ -234,3 +234,24 @@ def test_the_store_and_the_report_import_without_torch_or_ray() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.strip()
     assert out == "[]"
+
+
+def test_the_workers_protocol_imports_without_torch() -> None:
+    """A process that only passes assignments and outcomes on (a fake worker on
+    a real Ray actor, the driver's bookkeeping) needs no torch: the protocol's
+    modules are plain data, and the packages above them import on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+        "from workers.service.protocol import Assignment, BatchWorker, Drained, VectorOutcome\n"
+        "from workers.evaluation.rows import TransferRow\n"
+        "from workers.jobs import VectorJob, chat\n"
+        "job = VectorJob.simple('j', chat('hi'), promote=['x'], layer=1)\n"
+        "w = BatchWorker(lambda b: [VectorOutcome(a.vector_id, a.trial, a.example_id) for a in b])\n"
+        "w.put([Assignment('v', 0, 'e', job)])\n"
+        "assert [o.vector_id for o in w.drain(5.0).outcomes] == ['v']\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr

@@ -14,7 +14,9 @@ ones before it:
 This package never imports ``orchestrator`` (tests/test_architecture.py).
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from workers.lazy import lazy_getattr
 
 # The public names, imported on first use: `import workers.jobs` (plain data,
 # what the store and the datasets need) must not load torch and the engine.
@@ -73,11 +75,4 @@ if TYPE_CHECKING:
     from workers.steering.context import steer
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        import importlib
-
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value  # once
-        return value
-    raise AttributeError(f"module 'workers' has no attribute {name!r}")
+__getattr__ = lazy_getattr(globals(), _PUBLIC)

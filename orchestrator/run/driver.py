@@ -53,7 +53,7 @@ from orchestrator.study.objectives import Objective, trial_value
 from orchestrator.study.optuna_study import STORE_TRIAL, create_study, distributions_json, retell
 from orchestrator.study.params import TrialParams
 from orchestrator.study.space import distributions, fixed_params
-from workers.service.assignments import Assignment
+from workers.service.protocol import Assignment
 
 log = logging.getLogger(__name__)
 

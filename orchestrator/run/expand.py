@@ -36,7 +36,7 @@ from workers.analysis.caa import CAASpec
 from workers.engine.reentrant import ReentrantJob
 from workers.examples import Example
 from workers.jobs import Intervention, LossSettings, ScoredPrompt, StopRules, Target, VectorJob
-from workers.service.assignments import Assignment
+from workers.service.protocol import Assignment
 
 
 def _targets(example: Example, loss: str, log_base: float) -> tuple[Target, ...]:

@@ -29,8 +29,7 @@ from typing import Any
 
 from orchestrator.run.ledger import Ledger
 from orchestrator.run.pools import Done, Pool, WorkerLost
-from workers.service.assignments import Assignment, VectorOutcome
-from workers.service.stream import EngineReport
+from workers.service.protocol import Assignment, EngineReport, VectorOutcome
 
 log = logging.getLogger(__name__)
 

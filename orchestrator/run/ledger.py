@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.study.params import TrialParams
-from workers.service.assignments import Assignment, VectorOutcome
+from workers.service.protocol import Assignment, VectorOutcome
 
 
 @dataclass

@@ -159,7 +159,7 @@ def local_batch_pool(fn: Callable[[int, list[Any]], list[Any]], n: int, rows: in
     tests and benchmarks."""
     from functools import partial
 
-    from workers.service.stream import BatchWorker
+    from workers.service.protocol import BatchWorker
 
     return LocalPool([BatchWorker(partial(fn, k), max_rows=rows) for k in range(n)])
 

@@ -23,7 +23,7 @@ from typing import NamedTuple
 from orchestrator.run.preflight import Plan
 from orchestrator.store import Study
 from workers.evaluation.screen import Screen
-from workers.service.assignments import VectorOutcome
+from workers.service.protocol import VectorOutcome
 
 
 class _StoredRow(NamedTuple):

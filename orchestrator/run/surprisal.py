@@ -27,7 +27,7 @@ from typing import Any
 
 from orchestrator.run.pools import LocalPool, Pool, WorkerLost
 from workers.evaluation.transfer import TransferRow
-from workers.service.assignments import VectorOutcome
+from workers.service.protocol import VectorOutcome
 
 METRIC = "surprisal"
 

@@ -24,7 +24,7 @@ from orchestrator import cli
 from orchestrator.run.pools import local_batch_pool
 from workers.evaluation.transfer import TransferRow
 from workers.jobs import VectorResult
-from workers.service.assignments import Assignment, VectorOutcome
+from workers.service.protocol import Assignment, VectorOutcome
 
 DELTA = {"metric": "target_logprob", "statistic": "delta", "reduce": "mean"}
 NORM = {"metric": "norm", "statistic": "steered", "reduce": "mean", "direction": "minimize"}

@@ -20,7 +20,7 @@ from orchestrator.study.config import StudyConfig, parse_config
 from orchestrator.study.objectives import Objective, trial_value
 from workers.evaluation.transfer import TransferRow
 from workers.jobs import VectorResult
-from workers.service.assignments import Assignment, VectorOutcome
+from workers.service.protocol import Assignment, VectorOutcome
 
 
 def tiny_config(root: str, **overrides: Any) -> StudyConfig:

@@ -12,8 +12,7 @@ from orchestrator.run.feeder import Feeder
 from orchestrator.run.ledger import Ledger, TrialWork
 from orchestrator.run.pools import Done, WorkerLost
 from workers.jobs import VectorJob
-from workers.service.assignments import Assignment, VectorOutcome
-from workers.service.stream import Drained, EngineReport
+from workers.service.protocol import Assignment, Drained, EngineReport, VectorOutcome
 
 
 class ReplayPool:

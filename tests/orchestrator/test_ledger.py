@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.run.ledger import Ledger, TrialWork
 from workers.jobs import VectorJob
-from workers.service.assignments import Assignment, VectorOutcome
+from workers.service.protocol import Assignment, VectorOutcome
 
 
 def trial(number: int, k: int) -> TrialWork:

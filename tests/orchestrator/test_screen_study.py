@@ -15,7 +15,7 @@ from orchestrator.store import open_study
 from orchestrator.study.objectives import Objective
 from workers.evaluation.screen import Screen
 from workers.evaluation.transfer import TransferRow
-from workers.service.assignments import VectorOutcome
+from workers.service.protocol import VectorOutcome
 
 SLICE = 2
 OBJECTIVE = {"metric": "target_logprob", "statistic": "delta"}

@@ -17,7 +17,8 @@ from orchestrator.run.runner import run_study
 from orchestrator.store import open_study
 from orchestrator.study.optuna_study import create_study
 from orchestrator.study.space import distributions
-from workers.service.stream import Drained, StreamingEngine
+from workers.service.protocol import Drained
+from workers.service.stream import StreamingEngine
 
 
 class Recorder:

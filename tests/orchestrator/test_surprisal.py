@@ -16,7 +16,7 @@ from orchestrator.store import open_study
 from orchestrator.study.config import ConfigError, parse_config
 from orchestrator.study.objectives import Objective
 from workers.evaluation.transfer import Generation, surprisal_per_token
-from workers.service.assignments import Assignment, VectorOutcome
+from workers.service.protocol import Assignment, VectorOutcome
 
 SURPRISAL = {"metrics": ["target_logprob", "surprisal"], "generation_tokens": 4}
 BASE = {"name": "tiny-random-qwen2", "cpus_per_actor": 1, "max_batch_jobs": 2}

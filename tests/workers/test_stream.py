@@ -19,8 +19,9 @@ from workers.evaluation.evaluate import EvalCache, EvalSpec
 from workers.evaluation.screen import Screen
 from workers.examples import Example
 from workers.jobs import ScoredPrompt, StopRules, Target, VectorJob, chat
-from workers.service.assignments import Assignment, VectorOutcome, run_assignments
-from workers.service.stream import BatchWorker, StreamingEngine
+from workers.service.assignments import run_assignments
+from workers.service.protocol import Assignment, BatchWorker, VectorOutcome
+from workers.service.stream import StreamingEngine
 
 HELD_OUT = (
     Example("h1", chat("Say hi."), promote=("I cannot",), split="transfer"),

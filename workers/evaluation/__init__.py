@@ -10,18 +10,9 @@ May import: ``workers.jobs``, ``workers.examples``, ``workers.models``,
 needs no optimizer.
 """
 
-from workers.evaluation.evaluate import METRICS, EvalSpec, evaluate
-from workers.evaluation.judges import ContainsAny, Judge, LacksAll, LLMJudge
-from workers.evaluation.transfer import (
-    Generation,
-    TransferRow,
-    choice_flips,
-    generations,
-    judged,
-    side_effect_kl,
-    surprisal_per_token,
-    target_logprobs,
-)
+from typing import TYPE_CHECKING
+
+from workers.lazy import lazy_getattr
 
 __all__ = [
     "METRICS",
@@ -40,3 +31,36 @@ __all__ = [
     "surprisal_per_token",
     "target_logprobs",
 ]
+_PUBLIC = {
+    "METRICS": "workers.evaluation.evaluate",
+    "EvalSpec": "workers.evaluation.evaluate",
+    "evaluate": "workers.evaluation.evaluate",
+    "ContainsAny": "workers.evaluation.judges",
+    "Judge": "workers.evaluation.judges",
+    "LacksAll": "workers.evaluation.judges",
+    "LLMJudge": "workers.evaluation.judges",
+    "Generation": "workers.evaluation.rows",
+    "TransferRow": "workers.evaluation.rows",
+    "choice_flips": "workers.evaluation.transfer",
+    "generations": "workers.evaluation.transfer",
+    "judged": "workers.evaluation.transfer",
+    "side_effect_kl": "workers.evaluation.transfer",
+    "surprisal_per_token": "workers.evaluation.transfer",
+    "target_logprobs": "workers.evaluation.transfer",
+}
+
+if TYPE_CHECKING:
+    from workers.evaluation.evaluate import METRICS, EvalSpec, evaluate
+    from workers.evaluation.judges import ContainsAny, Judge, LacksAll, LLMJudge
+    from workers.evaluation.transfer import (
+        Generation,
+        TransferRow,
+        choice_flips,
+        generations,
+        judged,
+        side_effect_kl,
+        surprisal_per_token,
+        target_logprobs,
+    )
+
+__getattr__ = lazy_getattr(globals(), _PUBLIC)

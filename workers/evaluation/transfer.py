@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from workers.evaluation.judges import Judge
+from workers.evaluation.rows import Generation, TransferRow  # plain data, re-exported
 from workers.examples import Example
 from workers.jobs import (
     Intervention,
@@ -45,16 +46,6 @@ from workers.steering.vectors import SteeringVector, VectorRows
 
 
 @dataclass(frozen=True)
-class TransferRow:
-    vector_id: str
-    example_id: str
-    metric: str
-    steered: float
-    unsteered: float
-    success: bool
-
-
-@dataclass(frozen=True)
 class Decoded:
     """One decoded continuation: its text (special tokens dropped), how many
     tokens were generated (the end-of-sequence token not counted) and why it
@@ -63,22 +54,6 @@ class Decoded:
     text: str
     tokens: int
     stop: str
-
-
-@dataclass(frozen=True)
-class Generation:
-    """A vector's greedy continuation of one held-out prompt, beside the
-    unsteered model's; ``max_tokens`` is the generation budget both had."""
-
-    vector_id: str
-    example_id: str
-    steered: str
-    unsteered: str
-    steered_tokens: int = 0
-    unsteered_tokens: int = 0
-    steered_stop: str = "length"
-    unsteered_stop: str = "length"
-    max_tokens: int = 0
 
 
 def _chunks(n: int, size: int) -> list[range]:

@@ -28,8 +28,9 @@ from typing import Any
 from workers.engine.loop import EngineStats
 from workers.evaluation.evaluate import EvalCache, EvalSpec
 from workers.models import ModelSpec, load_model
-from workers.service.assignments import Assignment, VectorOutcome, run_assignments
-from workers.service.stream import BatchWorker, Drained, EngineReport, StreamingEngine
+from workers.service.assignments import run_assignments
+from workers.service.protocol import Assignment, BatchWorker, Drained, EngineReport, VectorOutcome
+from workers.service.stream import StreamingEngine
 
 log = logging.getLogger(__name__)
 

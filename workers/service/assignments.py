@@ -15,39 +15,18 @@ import logging
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from workers.analysis.caa import CAASpec, caa_job
+from workers.analysis.caa import caa_job
 from workers.engine.loop import EngineStats, optimize
-from workers.engine.reentrant import ReentrantJob, optimize_reentrant
+from workers.engine.reentrant import optimize_reentrant
 from workers.evaluation.evaluate import EvalCache, EvalSpec, evaluate_screened
-from workers.evaluation.transfer import Generation, TransferRow
-from workers.jobs import VectorJob, VectorResult
+from workers.jobs import VectorResult
 from workers.models import LoadedModel
+from workers.service.protocol import Assignment, VectorOutcome  # re-exported
 from workers.steering.encoding import JobError, encode_job
 from workers.steering.vectors import SteeringVector
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """``job`` is optimized (or ``reentrant`` when set, whose stage two is the vector)."""
-
-    vector_id: str
-    trial: int
-    example_id: str
-    job: VectorJob
-    reentrant: ReentrantJob | None = None
-    # Every training example the vector is optimized on, ``example_id`` first
-    # (empty: ``example_id`` alone, a one-shot vector).
-    train_example_ids: tuple[str, ...] = ()
-    # The transfer screen's threshold for this vector (None: evaluate in full);
-    # see workers.evaluation.screen.
-    screen_threshold: float | None = None
-    # A CAA vector instead of an optimized one (resolved by with_caa on the
-    # worker, which has the model).
-    caa: CAASpec | None = None
 
 
 def with_caa(lm: LoadedModel, a: Assignment) -> Assignment:
@@ -60,21 +39,6 @@ def with_caa(lm: LoadedModel, a: Assignment) -> Assignment:
     except Exception as exc:  # noqa: BLE001 - this assignment's own failure, not the batch's
         raise JobError(f"job {a.vector_id}: CAA vector: {type(exc).__name__}: {exc}") from None
     return dataclasses.replace(a, job=job, caa=None)
-
-
-@dataclass
-class VectorOutcome:
-    vector_id: str
-    trial: int
-    example_id: str
-    result: VectorResult | None = None
-    rows: list[TransferRow] = field(default_factory=list)
-    generations: list[Generation] = field(default_factory=list)
-    error: str | None = None
-    optimize_s: float = 0.0
-    evaluate_s: float = 0.0
-    finished_at: float | None = None  # wall clock (time.time()) when the outcome was ready
-    screened: bool = False  # evaluation stopped at the transfer screen's slice
 
 
 def _optimize_isolated(
