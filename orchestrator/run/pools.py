@@ -192,10 +192,11 @@ class RayPool:
         placement: str = "default",
         streaming: bool = True,
         placement_timeout_s: float = 600.0,
+        actor_class: type | None = None,
     ) -> None:
         from workers.service.actor import remote_worker_class
 
-        cls = remote_worker_class(num_cpus, num_gpus)
+        cls = remote_worker_class(num_cpus, num_gpus, actor_class)
         self.size = num_actors
         self.keys: list[int] = []
         self.resources = {"CPU": num_cpus, "GPU": num_gpus}

@@ -210,8 +210,11 @@ class _Metrics:
         self.occupancy.set(occupancy, tags=self.tags)
 
 
-def remote_worker_class(num_cpus: float, num_gpus: float) -> Any:
-    """``ray.remote(SteeringWorker)`` with the given resources, threaded, restarted on crash."""
+def remote_worker_class(num_cpus: float, num_gpus: float, cls: type | None = None) -> Any:
+    """``ray.remote(cls)`` (default :class:`SteeringWorker`) with the given
+    resources, threaded, restarted on crash. ``cls`` takes SteeringWorker's
+    arguments and answers ``info``, ``put`` and ``drain`` (a fake worker in
+    benchmarks and tests of the driver on real Ray actors)."""
     import ray
 
     options: dict[str, Any] = {
@@ -221,4 +224,4 @@ def remote_worker_class(num_cpus: float, num_gpus: float) -> Any:
         "max_task_retries": 0,
         "max_concurrency": MAX_CONCURRENCY,
     }
-    return ray.remote(**options)(SteeringWorker)
+    return ray.remote(**options)(cls or SteeringWorker)
