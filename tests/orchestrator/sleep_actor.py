@@ -29,7 +29,9 @@ WIDTH = 64  # the tiny models' width
 
 
 def fake_outcome(assignment: Assignment, transfer_ids: Sequence[str]) -> VectorOutcome:
-    """An outcome whose success grows with the layer (a sampler has signal)."""
+    """An outcome whose success grows with the layer (a sampler has signal):
+    the fake workers' one outcome, in threads (``sweep_helpers.FakeWorker``)
+    and in Ray actor processes (:class:`SleepWorker`)."""
     seed = zlib.crc32(assignment.vector_id.encode())
     vec = np.random.default_rng(seed).normal(size=WIDTH).astype(np.float32)
     layer = assignment.job.layers[0]
@@ -46,9 +48,11 @@ def fake_outcome(assignment: Assignment, transfer_ids: Sequence[str]) -> VectorO
         log_base=10.0,
     )
     rows = [
-        TransferRow(assignment.vector_id, ex, "target_logprob:promote:0", -1.0, -3.0, ok)
+        TransferRow(
+            assignment.vector_id, ex, "target_logprob:promote:0", -1.0 if ok else -5.0, -3.0, ok
+        )
         for i, ex in enumerate(transfer_ids)
-        for ok in [(seed + i) % 4 < layer]
+        for ok in [(seed + i) % 4 < layer]  # higher layers succeed more often
     ]
     return VectorOutcome(
         assignment.vector_id, assignment.trial, assignment.example_id, result=result, rows=rows

@@ -8,18 +8,17 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections import Counter
 from typing import Any
 
 import numpy as np
+from sleep_actor import fake_outcome
 
 from orchestrator.run.runner import RunSummary, run_study
 from orchestrator.store import open_study
 from orchestrator.study.config import StudyConfig, parse_config
 from orchestrator.study.objectives import Objective, trial_value
 from workers.evaluation.transfer import TransferRow
-from workers.jobs import VectorResult
 from workers.service.protocol import Assignment, VectorOutcome
 
 
@@ -71,37 +70,7 @@ class FakeWorker:
         return [self.outcome(t) for t in assignments]
 
     def outcome(self, assignment: Assignment) -> VectorOutcome:
-        seed = zlib.crc32(assignment.vector_id.encode())
-        vec = np.random.default_rng(seed).normal(size=64).astype(np.float32)
-        layer = assignment.job.layers[0]
-        result = VectorResult(
-            job_id=assignment.vector_id,
-            vector=vec,
-            layers=(layer,),
-            loss_history=[3.0, 2.0],
-            target_losses=[2.0],
-            iterations=1,
-            stop_reason="max_iters",
-            final_norm=float(np.linalg.norm(vec)),
-            seed=assignment.job.seed,
-            log_base=10.0,
-        )
-        rows = []
-        for i, ex in enumerate(self.transfer_ids):
-            ok = (seed + i) % 4 < layer  # higher layers succeed more often
-            rows.append(
-                TransferRow(
-                    assignment.vector_id,
-                    ex,
-                    "target_logprob:promote:0",
-                    -1.0 if ok else -5.0,
-                    -3.0,
-                    ok,
-                )
-            )
-        return VectorOutcome(
-            assignment.vector_id, assignment.trial, assignment.example_id, result=result, rows=rows
-        )
+        return fake_outcome(assignment, self.transfer_ids)
 
 
 def run_in_process(cfg: StudyConfig, lm: Any, rows: int = 4) -> tuple[Any, RunSummary]:
