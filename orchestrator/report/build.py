@@ -74,7 +74,7 @@ def build_report(
     figure = _FigureWriter(out, result).section
     norm = ((data.config or {}).get("search") or {}).get("norm")
     cells, binned = heatmap_cells(
-        data.vectors, log=isinstance(norm, dict) and bool(norm.get("log"))
+        data.vectors, summary, log=isinstance(norm, dict) and bool(norm.get("log"))
     )
     gain = (
         f" Below: the mean change of held-out target log-probabilities ({data.unit}), suppress "

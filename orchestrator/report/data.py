@@ -302,9 +302,11 @@ MAX_NORM_ROWS = 12
 NORM_BINS = 8
 
 
-def heatmap_cells(vectors: pd.DataFrame, log: bool) -> tuple[pd.DataFrame, str]:
-    """The summary the heatmap draws: ``summary_frame(vectors)`` when the
-    vectors hold at most ``MAX_NORM_ROWS`` norm bounds; otherwise the same
+def heatmap_cells(
+    vectors: pd.DataFrame, summary: pd.DataFrame, log: bool
+) -> tuple[pd.DataFrame, str]:
+    """The summary the heatmap draws: ``summary`` (``summary_frame(vectors)``)
+    when the vectors hold at most ``MAX_NORM_ROWS`` norm bounds; otherwise the same
     summary with the finite norm bounds in ``NORM_BINS`` bins (log-spaced when
     the search's norm range is ``log``), so each cell is computed over exactly
     the vectors in it. ``norm_bound`` then holds the bin's label, bins in
@@ -312,7 +314,7 @@ def heatmap_cells(vectors: pd.DataFrame, log: bool) -> tuple[pd.DataFrame, str]:
     caption (empty when nothing was)."""
     norms = vectors["norm_bound"].dropna().unique() if not vectors.empty else []
     if len(norms) <= MAX_NORM_ROWS:
-        return summary_frame(vectors), ""
+        return summary, ""
     lo, hi = float(min(norms)), float(max(norms))
     log = log and lo > 0
     edges = np.geomspace(lo, hi, NORM_BINS + 1) if log else np.linspace(lo, hi, NORM_BINS + 1)

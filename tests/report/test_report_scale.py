@@ -60,8 +60,8 @@ def _vectors(n_norms: int, seed: int = 0) -> pd.DataFrame:
 
 def test_few_norm_bounds_are_drawn_as_they_are() -> None:
     v = _vectors(n_norms=5)
-    cells, note = heatmap_cells(v, log=True)
     summary = summary_frame(v)
+    cells, note = heatmap_cells(v, summary, log=True)
     assert note == ""
     pd.testing.assert_frame_equal(cells, summary)
 
@@ -69,7 +69,7 @@ def test_few_norm_bounds_are_drawn_as_they_are() -> None:
 @pytest.mark.parametrize("log", [True, False])
 def test_a_continuous_norm_is_binned_and_each_cell_is_the_mean_of_its_vectors(log: bool) -> None:
     v = _vectors(n_norms=200)
-    cells, note = heatmap_cells(v, log=log)
+    cells, note = heatmap_cells(v, summary_frame(v), log=log)
     finite = v["norm_bound"].dropna()
     lo, hi = finite.min(), finite.max()
     edges = np.geomspace(lo, hi, NORM_BINS + 1) if log else np.linspace(lo, hi, NORM_BINS + 1)
